@@ -1,0 +1,101 @@
+//! Element-wise activations, usable alone or fused into a conv/linear epilogue.
+
+use rayon::prelude::*;
+
+/// The activations of the torchvision classification zoo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    Hardswish,
+    Hardsigmoid,
+    Sigmoid,
+    Silu,
+    /// Exact (erf) GELU, PyTorch's default.
+    Gelu,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::Hardswish => "hardswish",
+            Activation::Hardsigmoid => "hardsigmoid",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Silu => "silu",
+            Activation::Gelu => "gelu",
+        }
+    }
+
+    /// Scalar definition, as PyTorch documents it.
+    #[inline]
+    pub fn apply_scalar(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Silu => x * sigmoid(x),
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+        }
+    }
+
+    /// Apply in place over a slice.
+    pub fn apply(self, data: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        if data.len() > CHUNK {
+            data.par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = self.apply_scalar(*v)));
+        } else {
+            data.iter_mut().for_each(|v| *v = self.apply_scalar(*v));
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The error function, through musl's f64 `erf` (libm) so GELU matches PyTorch to an f32 ulp.
+pub fn erf(x: f32) -> f32 {
+    erf64(x as f64) as f32
+}
+
+fn erf64(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_known_values() {
+        let cases = [
+            (0.0, 0.0),
+            (0.1, 0.112_462_916_018_284_9),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+            (5.0, 0.999_999_999_998_462_5),
+        ];
+        for (x, want) in cases {
+            assert!((erf64(x) - want).abs() < 1e-12, "erf({x})");
+            assert!((erf64(-x) + want).abs() < 1e-12, "erf(-{x})");
+        }
+    }
+
+    #[test]
+    fn activations_match_definitions() {
+        assert_eq!(Activation::Relu.apply_scalar(-1.0), 0.0);
+        assert_eq!(Activation::Relu6.apply_scalar(7.0), 6.0);
+        assert_eq!(Activation::Hardswish.apply_scalar(1.0), 1.0 * 4.0 / 6.0);
+        assert_eq!(Activation::Hardsigmoid.apply_scalar(-4.0), 0.0);
+        assert!((Activation::Silu.apply_scalar(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((Activation::Gelu.apply_scalar(1.0) - 0.841_344_7).abs() < 1e-6);
+    }
+}

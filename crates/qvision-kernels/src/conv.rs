@@ -1,0 +1,342 @@
+//! 2-D convolution over NCHW f32 tensors.
+//!
+//! Three paths, chosen once when the weights are prepared:
+//! - depthwise (one input channel per group): a direct loop, vectorisable along the row;
+//! - 1x1 with no padding: the input (subsampled for stride > 1) is already the GEMM's right-hand side;
+//! - everything else: im2col, then GEMM with prepacked weights.
+//!
+//! Bias and an optional activation are applied in the epilogue.
+//! [`crate::reference::conv2d`] is the scalar reference for all three.
+
+use crate::act::Activation;
+use crate::gemm::{self, Bias, Lhs, PackedMatrix};
+use crate::{shape_err, KernelError};
+use rayon::prelude::*;
+
+/// Geometry of a 2-D convolution, as `torch.nn.Conv2d` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Conv2dParams {
+    /// Output spatial size for an input of `h x w`, or an error when the kernel does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize), KernelError> {
+        let dim = |i: usize, size: usize| -> Result<usize, KernelError> {
+            let eff = self.dilation[i] * (self.kernel[i] - 1) + 1;
+            let padded = size + 2 * self.padding[i];
+            if padded < eff || self.stride[i] == 0 {
+                return Err(shape_err(
+                    "conv2d",
+                    format!("kernel {:?} does not fit input {h}x{w} with padding {:?}", self.kernel, self.padding),
+                ));
+            }
+            Ok((padded - eff) / self.stride[i] + 1)
+        };
+        Ok((dim(0, h)?, dim(1, w)?))
+    }
+
+    /// Number of weight values: `out x in/groups x kh x kw`.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * (self.in_channels / self.groups) * self.kernel[0] * self.kernel[1]
+    }
+
+    pub fn validate(&self) -> Result<(), KernelError> {
+        if self.groups == 0
+            || self.in_channels % self.groups != 0
+            || self.out_channels % self.groups != 0
+            || self.kernel.contains(&0)
+            || self.stride.contains(&0)
+            || self.dilation.contains(&0)
+        {
+            return Err(shape_err("conv2d", format!("invalid geometry {self:?}")));
+        }
+        Ok(())
+    }
+
+    fn is_depthwise(&self) -> bool {
+        self.in_channels == self.groups
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.padding == [0, 0]
+    }
+}
+
+#[derive(Debug)]
+enum Path {
+    Depthwise { weight: Vec<f32> },
+    Gemm { packed: Vec<PackedMatrix> },
+}
+
+/// A convolution with its weights prepared (packed) once, for repeated runs.
+#[derive(Debug)]
+pub struct PreparedConv {
+    params: Conv2dParams,
+    path: Path,
+    bias: Option<Vec<f32>>,
+    act: Option<Activation>,
+}
+
+impl PreparedConv {
+    pub fn new(
+        params: Conv2dParams,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<Self, KernelError> {
+        params.validate()?;
+        if weight.len() != params.weight_len() {
+            return Err(shape_err(
+                "conv2d",
+                format!("weight has {} values, geometry {params:?} needs {}", weight.len(), params.weight_len()),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.len() != params.out_channels {
+                return Err(shape_err("conv2d", format!("bias has {} values, want {}", b.len(), params.out_channels)));
+            }
+        }
+        let path = if params.is_depthwise() {
+            Path::Depthwise { weight: weight.to_vec() }
+        } else {
+            let cout_g = params.out_channels / params.groups;
+            let k = weight.len() / params.out_channels;
+            let packed = weight
+                .chunks(cout_g * k)
+                .map(|w| PackedMatrix::pack(w, cout_g, k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Path::Gemm { packed }
+        };
+        Ok(PreparedConv {
+            params,
+            path,
+            bias: bias.map(|b| b.to_vec()),
+            act,
+        })
+    }
+
+    pub fn params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// Run on an `n x c x h x w` input; returns the output and its spatial size.
+    pub fn run(&self, input: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize), KernelError> {
+        let p = &self.params;
+        if input.len() != n * p.in_channels * h * w {
+            return Err(shape_err(
+                "conv2d",
+                format!("input has {} values, want {n}x{}x{h}x{w}", input.len(), p.in_channels),
+            ));
+        }
+        let (oh, ow) = p.output_size(h, w)?;
+        let in_img = p.in_channels * h * w;
+        let out_img = p.out_channels * oh * ow;
+        let mut out = vec![0.0f32; n * out_img];
+        for (x, y) in input.chunks(in_img.max(1)).zip(out.chunks_mut(out_img.max(1))) {
+            match &self.path {
+                Path::Depthwise { weight } => depthwise(p, weight, self.bias.as_deref(), x, h, w, y, oh, ow),
+                Path::Gemm { packed } => self.gemm_image(packed, x, h, w, y, oh, ow)?,
+            }
+        }
+        if let Some(a) = self.act {
+            a.apply(&mut out);
+        }
+        Ok((out, oh, ow))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_image(
+        &self,
+        packed: &[PackedMatrix],
+        x: &[f32],
+        h: usize,
+        w: usize,
+        y: &mut [f32],
+        oh: usize,
+        ow: usize,
+    ) -> Result<(), KernelError> {
+        let p = &self.params;
+        let cin_g = p.in_channels / p.groups;
+        let cout_g = p.out_channels / p.groups;
+        let n_cols = oh * ow;
+        let mut col = Vec::new();
+        for (g, pm) in packed.iter().enumerate() {
+            let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
+            let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
+            let bias = self.bias.as_ref().map(|b| Bias::PerRow(&b[g * cout_g..(g + 1) * cout_g]));
+            let rhs: &[f32] = if p.is_pointwise() && p.stride == [1, 1] {
+                xg
+            } else {
+                im2col(p, xg, cin_g, h, w, oh, ow, &mut col);
+                &col
+            };
+            gemm::matmul(yg, Lhs::Packed(pm), rhs, n_cols, n_cols, bias)?;
+        }
+        Ok(())
+    }
+}
+
+/// Expand one group's input into a `(cin_g*kh*kw) x (oh*ow)` matrix.
+#[allow(clippy::too_many_arguments)]
+fn im2col(p: &Conv2dParams, x: &[f32], cin_g: usize, h: usize, w: usize, oh: usize, ow: usize, col: &mut Vec<f32>) {
+    let [kh, kw] = p.kernel;
+    let n_cols = oh * ow;
+    col.clear();
+    col.resize(cin_g * kh * kw * n_cols, 0.0);
+    col.par_chunks_mut(n_cols).enumerate().for_each(|(r, row)| {
+        let c = r / (kh * kw);
+        let ky = (r / kw) % kh;
+        let kx = r % kw;
+        let xc = &x[c * h * w..(c + 1) * h * w];
+        for oy in 0..oh {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            let dst = &mut row[oy * ow..(oy + 1) * ow];
+            if iy < 0 || iy >= h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+            let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
+            let (lo, hi) = valid_range(ow, p.stride[1], off, w);
+            dst[..lo].fill(0.0);
+            dst[hi.max(lo)..].fill(0.0);
+            if p.stride[1] == 1 {
+                let s0 = (lo as isize + off) as usize;
+                dst[lo..hi.max(lo)].copy_from_slice(&src[s0..s0 + hi.saturating_sub(lo)]);
+            } else {
+                for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                    *d = src[(ox as isize * p.stride[1] as isize + off) as usize];
+                }
+            }
+        }
+    });
+}
+
+/// Output positions `ox` in `lo..hi` read inside the row: `0 <= ox*stride + off < w`.
+fn valid_range(ow: usize, stride: usize, off: isize, w: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let hi = if (w as isize) <= off { 0 } else { ((w as isize - off) + s - 1) / s };
+    let lo = (lo as usize).min(ow);
+    let hi = (hi as usize).min(ow);
+    (lo, hi.max(lo))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn depthwise(
+    p: &Conv2dParams,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    y: &mut [f32],
+    oh: usize,
+    ow: usize,
+) {
+    let [kh, kw] = p.kernel;
+    let mult = p.out_channels / p.in_channels;
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(oc, yc)| {
+        let ic = oc / mult;
+        let xc = &x[ic * h * w..(ic + 1) * h * w];
+        let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
+        yc.fill(bias.map_or(0.0, |b| b[oc]));
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let wv = wc[ky * kw + kx];
+                let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                let (lo, hi) = valid_range(ow, p.stride[1], off, w);
+                for oy in 0..oh {
+                    let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    let dst = &mut yc[oy * ow..(oy + 1) * ow];
+                    if p.stride[1] == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        for (d, s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
+                            *d += wv * s;
+                        }
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            *d += wv * src[(ox as isize * p.stride[1] as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use proptest::prelude::*;
+
+    fn geometry() -> impl Strategy<Value = (Conv2dParams, usize, usize, usize)> {
+        (
+            (1usize..4, 1usize..4, 1usize..4, 1usize..5, 1usize..5),
+            (1usize..3, 1usize..3, 0usize..3, 0usize..3, 1usize..3, 1usize..3),
+            (4usize..11, 4usize..11, 1usize..3, 0usize..3),
+        )
+            .prop_map(|((g, cin_g, cout_g, kh, kw), (sh, sw, ph, pw, dh, dw), (h, w, n, kind))| {
+                // kind 0: general grouped, 1: depthwise (cin_g = 1), 2: pointwise
+                let (cin_g, kh, kw, ph, pw) = match kind {
+                    1 => (1, kh, kw, ph, pw),
+                    2 => (cin_g, 1, 1, 0, 0),
+                    _ => (cin_g, kh, kw, ph, pw),
+                };
+                let p = Conv2dParams {
+                    in_channels: g * cin_g,
+                    out_channels: g * cout_g,
+                    kernel: [kh, kw],
+                    stride: [sh, sw],
+                    padding: [ph.min(kh - 1), pw.min(kw - 1)],
+                    dilation: [dh, dw],
+                    groups: g,
+                };
+                (p, h + kh * dh, w + kw * dw, n)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn conv_matches_reference((p, h, w, n) in geometry(), seed in any::<u64>(), with_bias in any::<bool>(), relu in any::<bool>()) {
+            let x = reference::pseudo_random(n * p.in_channels * h * w, seed);
+            let wt = reference::pseudo_random(p.weight_len(), seed ^ 7);
+            let b = reference::pseudo_random(p.out_channels, seed ^ 9);
+            let bias = with_bias.then_some(b.as_slice());
+            let act = relu.then_some(Activation::Relu);
+            let conv = PreparedConv::new(p, &wt, bias, act).unwrap();
+            let (got, oh, ow) = conv.run(&x, n, h, w).unwrap();
+            let (mut want, roh, row) = reference::conv2d(&p, &x, n, h, w, &wt, bias).unwrap();
+            if let Some(a) = act { want.iter_mut().for_each(|v| *v = a.apply_scalar(*v)); }
+            prop_assert_eq!((oh, ow), (roh, row));
+            for (a, b) in got.iter().zip(&want) {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_larger_than_input_is_an_error() {
+        let p = Conv2dParams { in_channels: 1, out_channels: 1, kernel: [5, 5], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 };
+        let conv = PreparedConv::new(p, &[0.0; 25], None, None).unwrap();
+        assert!(conv.run(&[0.0; 9], 1, 3, 3).is_err());
+    }
+
+    #[test]
+    fn wrong_weight_size_is_an_error() {
+        let p = Conv2dParams { in_channels: 2, out_channels: 1, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+        assert!(PreparedConv::new(p, &[0.0; 9], None, None).is_err());
+    }
+}
