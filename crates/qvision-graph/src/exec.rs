@@ -1,0 +1,411 @@
+//! The executor: prepares kernels (packed weights) once, then runs the graph's nodes in order,
+//! freeing each intermediate after its last reader and reusing a dying input's buffer in place.
+
+use crate::ir::{Graph, ValueId, ValueKind};
+use crate::op::Op;
+use crate::{passes, GraphError};
+use qvision_kernels::conv::PreparedConv;
+use qvision_kernels::elementwise::{binary, softmax_rows};
+use qvision_kernels::gemm::{self, Bias, Lhs};
+use qvision_kernels::{layout, norm, pool};
+use qvision_tensor::Tensor;
+
+/// How to build a [`Session`].
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Fold BatchNorm into convs and fuse activations before running (on by default).
+    pub optimize: bool,
+    /// Worker threads; `None` uses rayon's global pool.
+    pub threads: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            optimize: true,
+            threads: None,
+        }
+    }
+}
+
+enum Prepared {
+    None,
+    Conv(PreparedConv),
+    /// Weight transposed to `in x out`, and the bias.
+    Linear { wt: Vec<f32>, out: usize, bias: Option<Vec<f32>> },
+}
+
+/// A graph ready to run.
+pub struct Session {
+    graph: Graph,
+    prepared: Vec<Prepared>,
+    use_counts: Vec<usize>,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Session {
+    pub fn new(graph: &Graph, opts: SessionOptions) -> Result<Self, GraphError> {
+        graph.validate()?;
+        let graph = if opts.optimize {
+            passes::optimize_for_inference(graph)?
+        } else {
+            graph.clone()
+        };
+        let prepared = graph
+            .nodes
+            .iter()
+            .map(|n| prepare(&graph, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let use_counts = graph.use_counts();
+        let pool = match opts.threads {
+            Some(t) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t.max(1))
+                    .build()
+                    .map_err(|e| GraphError::Invalid(format!("thread pool: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Session {
+            graph,
+            prepared,
+            use_counts,
+            pool,
+        })
+    }
+
+    /// The (optimised) graph this session runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Run with one tensor per graph input; returns one tensor per graph output.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, GraphError> {
+        match &self.pool {
+            Some(p) => p.install(|| self.run_inner(inputs)),
+            None => self.run_inner(inputs),
+        }
+    }
+
+    fn run_inner(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, GraphError> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(GraphError::Input {
+                name: g.name.clone(),
+                msg: format!("expects {} inputs, got {}", g.inputs.len(), inputs.len()),
+            });
+        }
+        let mut env: Vec<Option<Tensor>> = vec![None; g.values.len()];
+        for (id, t) in g.inputs.iter().zip(inputs) {
+            env[id.0] = Some(t);
+        }
+        let mut remaining = self.use_counts.clone();
+        for (node, prep) in g.nodes.iter().zip(&self.prepared) {
+            let outs = run_node(g, node, prep, &mut env, &remaining)
+                .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
+            for i in &node.inputs {
+                remaining[i.0] = remaining[i.0].saturating_sub(1);
+                if remaining[i.0] == 0 && matches!(g.values[i.0].kind, ValueKind::NodeOutput { .. } | ValueKind::Input) {
+                    env[i.0] = None;
+                }
+            }
+            for (o, t) in node.outputs.iter().zip(outs) {
+                env[o.0] = Some(t);
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|o| match env[o.0].take() {
+                Some(t) => Ok(t),
+                None => g.tensor(*o).cloned(),
+            })
+            .collect()
+    }
+}
+
+fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
+    let f32_of = |id: ValueId| -> Result<&[f32], GraphError> {
+        g.tensor(id)?
+            .as_f32()
+            .map_err(|e| GraphError::node(&n.name, n.op.kind(), format!("{}: {e}", g.values[id.0].name)))
+    };
+    Ok(match &n.op {
+        Op::Conv2d { params, act } => {
+            let w = f32_of(n.inputs[1])?;
+            let b = n.inputs.get(2).map(|&b| f32_of(b)).transpose()?;
+            Prepared::Conv(
+                PreparedConv::new(*params, w, b, *act).map_err(|e| GraphError::from_kernel(&n.name, "Conv2d", e))?,
+            )
+        }
+        Op::Linear { .. } => {
+            let wt = g.tensor(n.inputs[1])?;
+            let (out, inn) = match wt.shape() {
+                [o, i] => (*o, *i),
+                s => return Err(GraphError::node(&n.name, "Linear", format!("weight shape {s:?} is not 2-D"))),
+            };
+            let w = f32_of(n.inputs[1])?;
+            let mut t = vec![0.0f32; w.len()];
+            for o in 0..out {
+                for i in 0..inn {
+                    t[i * out + o] = w[o * inn + i];
+                }
+            }
+            let bias = n.inputs.get(2).map(|&b| f32_of(b).map(|v| v.to_vec())).transpose()?;
+            Prepared::Linear { wt: t, out, bias }
+        }
+        _ => Prepared::None,
+    })
+}
+
+fn fetch<'a>(g: &'a Graph, env: &'a [Option<Tensor>], id: ValueId) -> Result<&'a Tensor, String> {
+    match &env[id.0] {
+        Some(t) => Ok(t),
+        None => g.tensor(id).map_err(|e| e.to_string()),
+    }
+}
+
+/// Take the value if this node is its last reader, else copy it.
+fn take(g: &Graph, env: &mut [Option<Tensor>], remaining: &[usize], id: ValueId) -> Result<Tensor, String> {
+    if remaining[id.0] == 1 {
+        if let Some(t) = env[id.0].take() {
+            return Ok(t);
+        }
+    }
+    fetch(g, env, id).cloned()
+}
+
+fn f32s(t: &Tensor) -> Result<&[f32], String> {
+    t.as_f32().map_err(|e| e.to_string())
+}
+
+fn nchw(t: &Tensor) -> Result<[usize; 4], String> {
+    <[usize; 4]>::try_from(t.shape()).map_err(|_| format!("expects an NCHW input, got shape {:?}", t.shape()))
+}
+
+fn tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, String> {
+    Tensor::from_f32(shape, data).map_err(|e| e.to_string())
+}
+
+fn run_node(
+    g: &Graph,
+    node: &crate::ir::Node,
+    prep: &Prepared,
+    env: &mut [Option<Tensor>],
+    remaining: &[usize],
+) -> Result<Vec<Tensor>, String> {
+    let ins = &node.inputs;
+    let ke = |e: qvision_kernels::KernelError| e.to_string();
+    let one = |t: Tensor| Ok(vec![t]);
+    match (&node.op, prep) {
+        (Op::Conv2d { .. }, Prepared::Conv(conv)) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            if c != conv.params().in_channels {
+                return Err(format!("input has {c} channels, conv expects {}", conv.params().in_channels));
+            }
+            let (y, oh, ow) = conv.run(f32s(x)?, n, h, w).map_err(ke)?;
+            one(tensor(vec![n, conv.params().out_channels, oh, ow], y)?)
+        }
+        (Op::Linear { act }, Prepared::Linear { wt, out, bias }) => {
+            let x = fetch(g, env, ins[0])?;
+            let inn = wt.len() / out;
+            if x.shape().last() != Some(&inn) {
+                return Err(format!("input shape {:?} does not end in {inn}", x.shape()));
+            }
+            let rows = x.numel() / inn;
+            let mut y = vec![0.0f32; rows * out];
+            gemm::matmul(
+                &mut y,
+                Lhs::Plain { data: f32s(x)?, rows, cols: inn },
+                wt,
+                *out,
+                *out,
+                bias.as_deref().map(Bias::PerCol),
+            )
+            .map_err(ke)?;
+            if let Some(a) = act {
+                a.apply(&mut y);
+            }
+            let mut shape = x.shape().to_vec();
+            *shape.last_mut().unwrap_or(&mut 0) = *out;
+            one(tensor(shape, y)?)
+        }
+        (Op::BatchNorm2d { eps }, _) => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            let s = x.shape().to_vec();
+            if s.len() < 2 {
+                return Err(format!("expects at least 2 dims, got {s:?}"));
+            }
+            let p: Vec<&[f32]> = ins[1..5].iter().map(|&i| fetch(g, env, i).and_then(f32s)).collect::<Result<_, _>>()?;
+            let hw = s[2..].iter().product();
+            let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
+            norm::batch_norm(xs, s[0], s[1], hw, p[0], p[1], p[2], p[3], *eps).map_err(ke)?;
+            one(x)
+        }
+        (Op::LayerNorm { eps }, _) => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            let w = f32s(fetch(g, env, ins[1])?)?.to_vec();
+            let b = f32s(fetch(g, env, ins[2])?)?;
+            let len = *x.shape().last().ok_or("0-d input")?;
+            let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
+            norm::layer_norm(xs, len, &w, b, *eps).map_err(ke)?;
+            one(x)
+        }
+        (Op::Act(a), _) => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            a.apply(x.as_f32_mut().map_err(|e| e.to_string())?);
+            one(x)
+        }
+        (Op::Softmax, _) => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            let len = *x.shape().last().ok_or("0-d input")?;
+            softmax_rows(x.as_f32_mut().map_err(|e| e.to_string())?, len);
+            one(x)
+        }
+        (Op::Dropout { .. }, _) => one(take(g, env, remaining, ins[0])?),
+        (Op::MaxPool2d(p), _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            let (y, oh, ow) = pool::max_pool2d(p, f32s(x)?, n * c, h, w).map_err(ke)?;
+            one(tensor(vec![n, c, oh, ow], y)?)
+        }
+        (Op::AvgPool2d { pool: p, count_include_pad }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            let (y, oh, ow) = pool::avg_pool2d(p, *count_include_pad, f32s(x)?, n * c, h, w).map_err(ke)?;
+            one(tensor(vec![n, c, oh, ow], y)?)
+        }
+        (Op::AdaptiveAvgPool2d { output }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            let y = pool::adaptive_avg_pool2d(f32s(x)?, n * c, h, w, output[0], output[1]).map_err(ke)?;
+            one(tensor(vec![n, c, output[0], output[1]], y)?)
+        }
+        (Op::Binary(op), _) => {
+            let a = fetch(g, env, ins[0])?;
+            let b = fetch(g, env, ins[1])?;
+            let (y, shape) = binary(*op, f32s(a)?, a.shape(), f32s(b)?, b.shape()).map_err(ke)?;
+            one(tensor(shape, y)?)
+        }
+        (Op::Concat { axis }, _) => {
+            let parts: Vec<&Tensor> = ins.iter().map(|&i| fetch(g, env, i)).collect::<Result<_, _>>()?;
+            let views: Vec<(&[f32], &[usize])> = parts.iter().map(|t| Ok((f32s(t)?, t.shape()))).collect::<Result<_, String>>()?;
+            let (y, shape) = layout::concat(&views, *axis).map_err(ke)?;
+            one(tensor(shape, y)?)
+        }
+        (Op::Split { axis, sizes }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let parts = layout::split(f32s(x)?, x.shape(), *axis, sizes).map_err(ke)?;
+            parts.into_iter().map(|(d, s)| tensor(s, d)).collect()
+        }
+        (Op::Flatten { .. } | Op::Reshape { .. }, _) => {
+            let x = take(g, env, remaining, ins[0])?;
+            let shape = node.op.infer_shapes(&[x.shape()])?.remove(0);
+            one(x.reshape(shape).map_err(|e| e.to_string())?)
+        }
+        (Op::Permute { perm }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let (y, shape) = layout::permute(f32s(x)?, x.shape(), perm).map_err(ke)?;
+            one(tensor(shape, y)?)
+        }
+        (op, _) => Err(format!("{} was not prepared", op.kind())),
+    }
+}
+
+/// Infer every value's shape for the given input shapes (params and consts use their own).
+pub fn infer_shapes(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Vec<Option<Vec<usize>>>, GraphError> {
+    let mut shapes: Vec<Option<Vec<usize>>> = g
+        .values
+        .iter()
+        .map(|v| match v.kind {
+            ValueKind::NodeOutput { .. } | ValueKind::Input => None,
+            _ => v.shape.clone(),
+        })
+        .collect();
+    for (id, s) in g.inputs.iter().zip(input_shapes) {
+        shapes[id.0] = Some(s.clone());
+    }
+    for n in &g.nodes {
+        let ins: Vec<&[usize]> = n
+            .inputs
+            .iter()
+            .map(|i| {
+                shapes[i.0].as_deref().ok_or_else(|| {
+                    GraphError::node(&n.name, n.op.kind(), format!("shape of '{}' is unknown", g.values[i.0].name))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let outs = n.op.infer_shapes(&ins).map_err(|m| GraphError::node(&n.name, n.op.kind(), m))?;
+        for (o, s) in n.outputs.iter().zip(outs) {
+            shapes[o.0] = Some(s);
+        }
+    }
+    Ok(shapes)
+}
+
+/// Total multiply-accumulates of one run at the given input shapes.
+pub fn count_macs(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<u64, GraphError> {
+    let shapes = infer_shapes(g, input_shapes)?;
+    let mut total = 0;
+    for n in &g.nodes {
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i.0].as_deref().unwrap_or(&[])).collect();
+        let outs: Vec<Vec<usize>> = n.outputs.iter().map(|o| shapes[o.0].clone().unwrap_or_default()).collect();
+        total += n.op.macs(&ins, &outs);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{pool, Conv};
+    use crate::{weights, Activation, GraphBuilder};
+
+    fn block() -> Graph {
+        let mut b = GraphBuilder::new("block");
+        let x = b.input("input", &[2, 3, 9, 9]);
+        let y = b.conv2d("conv1", x, Conv::new(3, 8, 3).pad(1).stride(2).bias(false));
+        let y = b.batch_norm("bn1", y, 8);
+        let y = b.act("relu", y, Activation::Relu);
+        let z = b.conv2d("dw", y, Conv::new(8, 8, 3).pad(1).groups(8));
+        let z = b.act("hs", z, Activation::Hardswish);
+        let s = b.adaptive_avg_pool("se.pool", z, 1, 1);
+        let s = b.act("se.sig", s, Activation::Sigmoid);
+        let z = b.mul("se.mul", z, s);
+        let y = b.add("add", y, z);
+        let y = b.max_pool("pool", y, pool(3, 2, 1, true));
+        let y = b.flatten("flatten", y, 1);
+        let y = b.dropout("drop", y, 0.2);
+        let y = b.linear("fc", y, 8 * 3 * 3, 5, true);
+        b.finish(&[y])
+    }
+
+    #[test]
+    fn optimized_run_equals_plain_run() {
+        let mut g = block();
+        weights::init_formula(&mut g);
+        let x = Tensor::from_f32(vec![2, 3, 9, 9], qvision_kernels::reference::pseudo_random(486, 5)).unwrap();
+        let plain = Session::new(&g, SessionOptions { optimize: false, threads: Some(1) }).unwrap();
+        let opt = Session::new(&g, SessionOptions::default()).unwrap();
+        assert!(opt.graph().nodes.len() < g.nodes.len(), "bn, relu, hardswish and dropout fold away");
+        let a = plain.run(vec![x.clone()]).unwrap();
+        let b = opt.run(vec![x]).unwrap();
+        assert_eq!(a[0].shape(), &[2, 5]);
+        for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
+            assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
+        }
+        assert_eq!(count_macs(&g, &[vec![1, 3, 9, 9]]).unwrap(), 8 * 25 * 27 + 8 * 25 * 9 + 72 * 5);
+    }
+
+    #[test]
+    fn errors_name_the_node() {
+        let mut g = block();
+        weights::init_formula(&mut g);
+        let s = Session::new(&g, SessionOptions::default()).unwrap();
+        let err = s.run(vec![Tensor::zeros(&[1, 4, 9, 9])]).unwrap_err().to_string();
+        assert!(err.contains("conv1") && err.contains("channels"), "{err}");
+        let g2 = block();
+        let err = Session::new(&g2, SessionOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("conv1.weight"), "{err}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Graph rewrites. Each takes a graph and returns a new one; the input is left untouched.
+//!
+//! [`optimize_for_inference`] folds BatchNorm into the conv before it, fuses activations into
+//! conv/linear epilogues and drops inference no-ops (Dropout). The quantization passes (fuse,
+//! prepare, convert) will live beside these.
+
+use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
+use crate::op::Op;
+use crate::GraphError;
+use qvision_kernels::norm::batch_norm_affine;
+use qvision_tensor::{DType, Tensor};
+use std::collections::{HashMap, HashSet};
+
+/// Fold BN, fuse activations, drop Dropout; unused tensors are dropped from the result.
+pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
+    let uses = g.use_counts();
+    let mut out = Graph {
+        name: g.name.clone(),
+        values: g.values.clone(),
+        nodes: Vec::with_capacity(g.nodes.len()),
+        inputs: g.inputs.clone(),
+        outputs: vec![],
+        tensors: HashMap::new(),
+    };
+    let mut alias: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut producer: HashMap<ValueId, usize> = HashMap::new();
+    let mut new_tensors: HashMap<ValueId, Tensor> = HashMap::new();
+    let resolve = |alias: &HashMap<ValueId, ValueId>, mut v: ValueId| {
+        while let Some(&a) = alias.get(&v) {
+            v = a;
+        }
+        v
+    };
+    for node in &g.nodes {
+        let inputs: Vec<ValueId> = node.inputs.iter().map(|&i| resolve(&alias, i)).collect();
+        let single_use_producer = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
+        match &node.op {
+            Op::Dropout { .. } => {
+                alias.insert(node.outputs[0], inputs[0]);
+                continue;
+            }
+            Op::BatchNorm2d { eps } => {
+                if let Some(p) = single_use_producer(inputs[0]) {
+                    if let Some((w, b)) = fold_bn(g, &new_tensors, &out.nodes[p], &inputs, *eps) {
+                        let conv = &mut out.nodes[p];
+                        let wid = push_const(&mut out.values, &format!("{}.weight(bn-folded)", conv.name), &w);
+                        let bid = push_const(&mut out.values, &format!("{}.bias(bn-folded)", conv.name), &b);
+                        conv.inputs.truncate(1);
+                        conv.inputs.extend([wid, bid]);
+                        new_tensors.insert(wid, w);
+                        new_tensors.insert(bid, b);
+                        alias.insert(node.outputs[0], inputs[0]);
+                        continue;
+                    }
+                }
+            }
+            Op::Act(a) => {
+                if let Some(p) = single_use_producer(inputs[0]) {
+                    match &mut out.nodes[p].op {
+                        Op::Conv2d { act, .. } | Op::Linear { act } if act.is_none() => {
+                            *act = Some(*a);
+                            alias.insert(node.outputs[0], inputs[0]);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        for o in &node.outputs {
+            producer.insert(*o, out.nodes.len());
+        }
+        out.nodes.push(Node {
+            name: node.name.clone(),
+            op: node.op.clone(),
+            inputs,
+            outputs: node.outputs.clone(),
+        });
+    }
+    out.outputs = g.outputs.iter().map(|&o| resolve(&alias, o)).collect();
+    for (i, n) in out.nodes.iter().enumerate() {
+        for (index, o) in n.outputs.iter().enumerate() {
+            out.values[o.0].kind = ValueKind::NodeOutput { node: NodeId(i), index };
+        }
+    }
+    let used: HashSet<ValueId> = out.nodes.iter().flat_map(|n| n.inputs.iter().copied()).chain(out.outputs.iter().copied()).collect();
+    for id in used {
+        if let Some(t) = new_tensors.remove(&id).or_else(|| g.tensors.get(&id).cloned()) {
+            out.tensors.insert(id, t);
+        }
+    }
+    Ok(out)
+}
+
+fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> ValueId {
+    values.push(crate::ir::Value {
+        name: name.to_string(),
+        kind: ValueKind::Const,
+        dtype: DType::F32,
+        shape: Some(t.shape().to_vec()),
+    });
+    ValueId(values.len() - 1)
+}
+
+/// New conv weight and bias with the BN after it folded in, if all tensors are present.
+fn fold_bn(g: &Graph, fresh: &HashMap<ValueId, Tensor>, conv: &Node, bn_inputs: &[ValueId], eps: f32) -> Option<(Tensor, Tensor)> {
+    let Op::Conv2d { params, act: None } = &conv.op else {
+        return None;
+    };
+    let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id)).and_then(|t| t.as_f32().ok());
+    let w = get(conv.inputs[1])?;
+    let cout = params.out_channels;
+    let stats: Vec<&[f32]> = bn_inputs[1..5].iter().map(|&i| get(i)).collect::<Option<_>>()?;
+    if stats.iter().any(|s| s.len() != cout) {
+        return None;
+    }
+    let (scale, shift) = batch_norm_affine(stats[0], stats[1], stats[2], stats[3], eps);
+    let per = w.len() / cout;
+    let nw: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * scale[i / per]).collect();
+    let old_b: Vec<f32> = match conv.inputs.get(2) {
+        Some(&b) => get(b)?.to_vec(),
+        None => vec![0.0; cout],
+    };
+    let nb: Vec<f32> = (0..cout).map(|c| old_b[c] * scale[c] + shift[c]).collect();
+    let ws = g.values[conv.inputs[1].0].shape.clone().unwrap_or_else(|| vec![w.len()]);
+    Some((Tensor::from_f32(ws, nw).ok()?, Tensor::from_f32(vec![cout], nb).ok()?))
+}
