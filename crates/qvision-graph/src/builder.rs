@@ -267,6 +267,10 @@ impl GraphBuilder {
         self.node1(name, Op::Permute { perm: perm.to_vec() }, &[x])
     }
 
+    pub fn channel_shuffle(&mut self, name: &str, x: ValueId, groups: usize) -> ValueId {
+        self.node1(name, Op::ChannelShuffle { groups }, &[x])
+    }
+
     pub fn dropout(&mut self, name: &str, x: ValueId, p: f32) -> ValueId {
         self.node1(name, Op::Dropout { p }, &[x])
     }

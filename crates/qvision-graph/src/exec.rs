@@ -303,6 +303,12 @@ fn run_node(
             let shape = node.op.infer_shapes(&[x.shape()])?.remove(0);
             one(x.reshape(shape).map_err(|e| e.to_string())?)
         }
+        (Op::ChannelShuffle { groups }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            let y = layout::channel_shuffle(f32s(x)?, n, c, h * w, *groups).map_err(ke)?;
+            one(tensor(vec![n, c, h, w], y)?)
+        }
         (Op::Permute { perm }, _) => {
             let x = fetch(g, env, ins[0])?;
             let (y, shape) = layout::permute(f32s(x)?, x.shape(), perm).map_err(ke)?;

@@ -37,6 +37,8 @@ pub enum Op {
     Softmax,
     /// `[x]`: identity at inference.
     Dropout { p: f32 },
+    /// `[x]` NCHW: ShuffleNet's channel shuffle.
+    ChannelShuffle { groups: usize },
 }
 
 impl Op {
@@ -72,6 +74,7 @@ impl Op {
             Op::LayerNorm { .. } => "LayerNorm",
             Op::Softmax => "Softmax",
             Op::Dropout { .. } => "Dropout",
+            Op::ChannelShuffle { .. } => "ChannelShuffle",
         }
     }
 
@@ -115,6 +118,14 @@ impl Op {
                 let mut o = s.to_vec();
                 *o.last_mut().unwrap_or(&mut 0) = w[0];
                 vec![o]
+            }
+            Op::ChannelShuffle { groups } => {
+                want(1)?;
+                let [_, c, _, _] = nchw(ins[0])?;
+                if *groups == 0 || c % groups != 0 {
+                    return Err(format!("{c} channels do not split into {groups} groups"));
+                }
+                vec![ins[0].to_vec()]
             }
             Op::Act(_) | Op::Softmax | Op::Dropout { .. } => {
                 want(1)?;

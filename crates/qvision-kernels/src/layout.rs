@@ -100,26 +100,34 @@ pub fn permute<T: Copy + Default>(x: &[T], shape: &[usize], perm: &[usize]) -> R
     Ok((out, out_shape))
 }
 
+/// ShuffleNet's channel shuffle over NCHW: view as (n, groups, c/groups, hw), swap the two
+/// channel dims. Output channel `j*groups + g` is input channel `g*(c/groups) + j`.
+pub fn channel_shuffle<T: Copy>(x: &[T], n: usize, c: usize, hw: usize, groups: usize) -> Result<Vec<T>, KernelError> {
+    if groups == 0 || c % groups != 0 || x.len() != n * c * hw {
+        return Err(shape_err("channel_shuffle", format!("{c} channels do not split into {groups} groups")));
+    }
+    let cpg = c / groups;
+    let mut out = Vec::with_capacity(x.len());
+    for b in 0..n {
+        for j in 0..cpg {
+            for g in 0..groups {
+                let src = (b * c + g * cpg + j) * hw;
+                out.extend_from_slice(&x[src..src + hw]);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn concat_and_split_round_trip() {
+    fn concat_rejects_mismatched_dims() {
         let a: Vec<i64> = (0..12).collect();
         let b: Vec<i64> = (100..106).collect();
-        let (c, s) = concat(&[(&a, &[2, 3, 2]), (&b, &[2, 3 / 3, 3])], 1).unwrap_err_or_ok();
-        let _ = (c, s);
-    }
-
-    trait ErrOrOk<T> {
-        fn unwrap_err_or_ok(self) -> (Vec<i64>, Vec<usize>);
-    }
-    impl ErrOrOk<i64> for Result<(Vec<i64>, Vec<usize>), KernelError> {
-        fn unwrap_err_or_ok(self) -> (Vec<i64>, Vec<usize>) {
-            assert!(self.is_err(), "mismatched trailing dims must be rejected");
-            (vec![], vec![])
-        }
+        assert!(concat(&[(&a, &[2, 3, 2]), (&b, &[2, 1, 3])], 1).is_err());
     }
 
     #[test]
@@ -132,6 +140,15 @@ mod tests {
         let parts = split(&c, &s, 1, &[3, 1]).unwrap();
         assert_eq!(parts[0].0, a);
         assert_eq!(parts[1].0, b);
+    }
+
+    #[test]
+    fn channel_shuffle_is_reshape_transpose() {
+        let x: Vec<i64> = (0..2 * 6 * 2).collect();
+        let got = channel_shuffle(&x, 2, 6, 2, 2).unwrap();
+        let (want, _) = permute(&x, &[2, 2, 3, 2], &[0, 2, 1, 3]).unwrap();
+        assert_eq!(got, want);
+        assert!(channel_shuffle(&x, 2, 6, 2, 4).is_err());
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! The model zoo: one builder per torchvision model, each producing a [`Graph`] whose parameter
+//! names are torchvision's state-dict keys, so torchvision weights load unchanged.
+//!
+//! Builders speak the seed report's vocabulary through [`ModelOptions`]: `weights`, `progress`,
+//! `quantize`, `is_qat`, `skip_fuse`.
+
+pub mod classification;
+mod common;
+mod registry;
+
+pub use registry::{build, find, models, ModelInfo, Task, Transform, Interpolation};
+
+use qvision_graph::Graph;
+use qvision_tensor::Tensor;
+use thiserror::Error;
+
+/// Where a built model's weights come from.
+#[derive(Clone, Debug, Default)]
+pub enum Weights {
+    /// Parameters left empty (load later, or only inspect the graph).
+    #[default]
+    None,
+    /// Deterministic formula values (tests, benchmarks without a weights file).
+    Formula,
+    /// A torchvision state dict, as read by `qvision-io`.
+    StateDict(Vec<(String, Tensor)>),
+}
+
+/// The seed's builder arguments, as a Rust options struct.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    pub weights: Weights,
+    /// Report progress while loading (the CLI shows a bar).
+    pub progress: bool,
+    /// Build a quantizable model (PTQ).
+    pub quantize: bool,
+    /// Build for quantization-aware training (with `quantize`).
+    pub is_qat: bool,
+    /// Do not fuse conv/bn/relu when quantizing.
+    pub skip_fuse: bool,
+    /// Strict state-dict loading: missing or unexpected keys are errors.
+    pub strict: bool,
+    pub num_classes: usize,
+    /// GoogLeNet / Inception v3: apply torchvision's `transform_input`. Defaults, as in
+    /// torchvision, to true when loading a state dict.
+    pub transform_input: Option<bool>,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            weights: Weights::None,
+            progress: false,
+            quantize: false,
+            is_qat: false,
+            skip_fuse: false,
+            strict: true,
+            num_classes: 1000,
+            transform_input: None,
+        }
+    }
+}
+
+/// Errors from building a model.
+#[derive(Debug, Error)]
+pub enum ZooError {
+    #[error("unknown model '{0}' (run `qvision models` for the list)")]
+    UnknownModel(String),
+    #[error("{model}: {what} is not supported yet (it arrives with the quantization work)")]
+    NotYetSupported { model: String, what: &'static str },
+    #[error("{model}: {source}")]
+    Graph {
+        model: String,
+        #[source]
+        source: qvision_graph::GraphError,
+    },
+}
+
+/// A built model: its graph, and what loading reported.
+#[derive(Debug)]
+pub struct Model {
+    pub info: &'static ModelInfo,
+    pub graph: Graph,
+    pub load_report: Option<qvision_graph::weights::LoadReport>,
+}

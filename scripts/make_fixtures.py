@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Make qvision's PyTorch/torchvision parity fixtures.
+
+Python is a test-time oracle only: this script is run by developers (not CI) and its small
+outputs are committed under fixtures/. Requires torch, torchvision, numpy, pillow.
+
+  python scripts/make_fixtures.py parity [MODEL...]   # fixtures/parity/<model>.json
+  python scripts/make_fixtures.py transforms          # fixtures/transforms.json
+  python scripts/make_fixtures.py weights             # fixtures/weights/* (pth zip/legacy, safetensors)
+  python scripts/make_fixtures.py preprocess          # fixtures/preprocess/*
+  python scripts/make_fixtures.py real IMAGE_DIR WEIGHTS  # fixtures/real/mobilenet_v2_foolbox.json
+
+Parity fixtures use "formula weights": every state-dict entry is computed from its key and
+shape by the rule below, which qvision implements identically in
+crates/qvision-graph/src/weights.rs. So no weight file needs to be committed.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "fixtures")
+M64 = (1 << 64) - 1
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+CLASSIFICATION = (
+    "resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnext101_32x8d resnext101_64x4d "
+    "wide_resnet50_2 wide_resnet101_2 densenet121 densenet161 densenet169 densenet201 "
+    "efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 "
+    "efficientnet_b6 efficientnet_b7 efficientnet_v2_s efficientnet_v2_m efficientnet_v2_l "
+    "mobilenet_v2 mobilenet_v3_large mobilenet_v3_small squeezenet1_0 squeezenet1_1 "
+    "mnasnet0_5 mnasnet0_75 mnasnet1_0 mnasnet1_3 shufflenet_v2_x0_5 shufflenet_v2_x1_0 "
+    "shufflenet_v2_x1_5 shufflenet_v2_x2_0 googlenet inception_v3 "
+    "convnext_tiny convnext_small convnext_base convnext_large "
+    "regnet_x_400mf regnet_x_800mf regnet_x_1_6gf regnet_x_3_2gf regnet_x_8gf regnet_x_16gf regnet_x_32gf "
+    "regnet_y_400mf regnet_y_800mf regnet_y_1_6gf regnet_y_3_2gf regnet_y_8gf regnet_y_16gf regnet_y_32gf "
+    "regnet_y_128gf vgg11 vgg11_bn vgg13 vgg13_bn vgg16 vgg16_bn vgg19 vgg19_bn"
+).split()
+
+# Parity input side per model (small to keep the Rust test suite fast; inception needs >= 75).
+INPUT_SIZE = {"inception_v3": 96}
+DEFAULT_INPUT_SIZE = 64
+
+
+def fnv1a64(s: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & M64
+    return h
+
+
+def formula_uniform(seed: int, n: int) -> np.ndarray:
+    """splitmix64(seed + (i+1)*golden) -> top 24 bits -> [-0.5, 0.5) as float32 (exact)."""
+    out = np.empty(n, dtype=np.float32)
+    chunk = 1 << 22
+    with np.errstate(over="ignore"):
+        for start in range(0, n, chunk):
+            i = np.arange(start + 1, min(n, start + chunk) + 1, dtype=np.uint64)
+            z = np.uint64(seed) + i * GOLDEN
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            out[start:start + len(i)] = (z >> np.uint64(40)).astype(np.float32) / np.float32(16777216.0) - np.float32(0.5)
+    return out
+
+
+def formula_tensor(name: str, shape) -> np.ndarray:
+    n = int(np.prod(shape)) if len(shape) else 1
+    if name.endswith("running_var"):
+        off, scale = 1.0, 0.4
+    elif name.endswith("running_mean"):
+        off, scale = 0.0, 0.2
+    elif name.endswith("layer_scale"):
+        off, scale = 0.5, 0.2
+    elif len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:]))
+        off, scale = 0.0, float(np.float32(np.sqrt(24.0 / max(fan_in, 1))))
+    elif name.endswith("weight"):
+        off, scale = 1.0, 0.2
+    else:
+        off, scale = 0.0, 0.2
+    u = formula_uniform(fnv1a64(name), n)
+    v = u * np.float32(scale) + np.float32(off)
+    return v.astype(np.float32).reshape(shape)
+
+
+def build(name):
+    import torchvision
+
+    kwargs = {}
+    if name in ("googlenet", "inception_v3"):
+        kwargs = dict(transform_input=True, aux_logits=True, init_weights=False)
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def fill_formula(model):
+    import torch
+
+    sd = model.state_dict()
+    new = model.state_dict()  # keeps _metadata (MNASNet checks its version)
+    for k, v in sd.items():
+        if v.dtype.is_floating_point:
+            new[k] = torch.from_numpy(formula_tensor(k, tuple(v.shape)).copy())
+        else:
+            new[k] = torch.zeros_like(v)
+    model.load_state_dict(new)
+    return sd
+
+
+def parity(models):
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    os.makedirs(os.path.join(FIX, "parity"), exist_ok=True)
+    for name in models or CLASSIFICATION:
+        model = build(name).eval()
+        sd = fill_formula(model)
+        size = INPUT_SIZE.get(name, DEFAULT_INPUT_SIZE)
+        x = torch.from_numpy((formula_uniform(fnv1a64("input"), 3 * size * size) * 2).reshape(1, 3, size, size))
+        with torch.no_grad():
+            y = model(x)
+        if not torch.is_tensor(y):
+            y = y[0]
+        num_params = sum(p.numel() for p in model.parameters())
+        out = {
+            "model": name,
+            "torch": torch.__version__,
+            "input_shape": [1, 3, size, size],
+            "num_params": num_params,
+            "keys": [[k, list(v.shape)] for k, v in sd.items()],
+            "logits": [float(v) for v in y[0].tolist()],
+        }
+        with open(os.path.join(FIX, "parity", f"{name}.json"), "w") as f:
+            json.dump(out, f, separators=(",", ":"))
+        print(f"{name}: {num_params} params, max|logit| {float(y.abs().max()):.3f}", flush=True)
+        del model
+
+
+def transforms():
+    import torchvision
+    from torchvision.transforms import InterpolationMode
+
+    out = {}
+    for name in CLASSIFICATION:
+        w = torchvision.models.get_model_weights(name).DEFAULT
+        t = w.transforms()
+        out[name] = {
+            "weights": str(w),
+            "crop_size": t.crop_size[0],
+            "resize_size": t.resize_size[0],
+            "interpolation": {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICUBIC: "bicubic"}[t.interpolation],
+            "mean": list(t.mean),
+            "std": list(t.std),
+            "num_params": w.meta["num_params"],
+            "gflops": w.meta.get("_ops"),
+        }
+    with open(os.path.join(FIX, "transforms.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "parity"
+    if cmd == "parity":
+        parity(sys.argv[2:])
+    elif cmd == "transforms":
+        transforms()
+    else:
+        import make_fixtures_extra  # noqa: F401  (weights / preprocess / real, see below)
+
+        make_fixtures_extra.main(cmd, sys.argv[2:])
