@@ -105,8 +105,19 @@ impl GraphBuilder {
         }
     }
 
-    fn value(&mut self, name: String, kind: ValueKind, dtype: DType, shape: Option<Vec<usize>>) -> ValueId {
-        self.g.values.push(Value { name, kind, dtype, shape });
+    fn value(
+        &mut self,
+        name: String,
+        kind: ValueKind,
+        dtype: DType,
+        shape: Option<Vec<usize>>,
+    ) -> ValueId {
+        self.g.values.push(Value {
+            name,
+            kind,
+            dtype,
+            shape,
+        });
         ValueId(self.g.values.len() - 1)
     }
 
@@ -122,24 +133,44 @@ impl GraphBuilder {
 
     /// A graph input with an example shape (dim 0 is the batch).
     pub fn input(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        let id = self.value(name.to_string(), ValueKind::Input, DType::F32, Some(shape.to_vec()));
+        let id = self.value(
+            name.to_string(),
+            ValueKind::Input,
+            DType::F32,
+            Some(shape.to_vec()),
+        );
         self.g.inputs.push(id);
         id
     }
 
     /// A learnable f32 parameter or buffer named by its state-dict key.
     pub fn param(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        self.value(name.to_string(), ValueKind::Param { optional: false }, DType::F32, Some(shape.to_vec()))
+        self.value(
+            name.to_string(),
+            ValueKind::Param { optional: false },
+            DType::F32,
+            Some(shape.to_vec()),
+        )
     }
 
     /// A state-dict entry a weights file may omit (e.g. `num_batches_tracked`).
     pub fn optional_param(&mut self, name: &str, shape: &[usize], dtype: DType) -> ValueId {
-        self.value(name.to_string(), ValueKind::Param { optional: true }, dtype, Some(shape.to_vec()))
+        self.value(
+            name.to_string(),
+            ValueKind::Param { optional: true },
+            dtype,
+            Some(shape.to_vec()),
+        )
     }
 
     /// A constant tensor (not loaded from weights).
     pub fn constant(&mut self, name: &str, t: Tensor) -> ValueId {
-        let id = self.value(name.to_string(), ValueKind::Const, t.dtype(), Some(t.shape().to_vec()));
+        let id = self.value(
+            name.to_string(),
+            ValueKind::Const,
+            t.dtype(),
+            Some(t.shape().to_vec()),
+        );
         self.g.tensors.insert(id, t);
         id
     }
@@ -150,8 +181,17 @@ impl GraphBuilder {
         let node = NodeId(self.g.nodes.len());
         let outputs: Vec<ValueId> = (0..n_out)
             .map(|index| {
-                let vname = if n_out == 1 { name.clone() } else { format!("{name}:{index}") };
-                self.value(vname, ValueKind::NodeOutput { node, index }, DType::F32, None)
+                let vname = if n_out == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}:{index}")
+                };
+                self.value(
+                    vname,
+                    ValueKind::NodeOutput { node, index },
+                    DType::F32,
+                    None,
+                )
             })
             .collect();
         self.g.nodes.push(Node {
@@ -170,7 +210,10 @@ impl GraphBuilder {
 
     /// `nn.Conv2d` with parameters `{name}.weight` and `{name}.bias`.
     pub fn conv2d(&mut self, name: &str, x: ValueId, c: Conv) -> ValueId {
-        let w = self.param(&format!("{name}.weight"), &[c.cout, c.cin / c.groups.max(1), c.kernel[0], c.kernel[1]]);
+        let w = self.param(
+            &format!("{name}.weight"),
+            &[c.cout, c.cin / c.groups.max(1), c.kernel[0], c.kernel[1]],
+        );
         let mut ins = vec![x, w];
         if c.bias {
             ins.push(self.param(&format!("{name}.bias"), &[c.cout]));
@@ -215,7 +258,14 @@ impl GraphBuilder {
     }
 
     /// `nn.Linear(cin, cout, bias)`.
-    pub fn linear(&mut self, name: &str, x: ValueId, cin: usize, cout: usize, bias: bool) -> ValueId {
+    pub fn linear(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        cin: usize,
+        cout: usize,
+        bias: bool,
+    ) -> ValueId {
         let mut ins = vec![x, self.param(&format!("{name}.weight"), &[cout, cin])];
         if bias {
             ins.push(self.param(&format!("{name}.bias"), &[cout]));
@@ -231,8 +281,21 @@ impl GraphBuilder {
         self.node1(name, Op::MaxPool2d(p), &[x])
     }
 
-    pub fn avg_pool(&mut self, name: &str, x: ValueId, p: Pool2dParams, count_include_pad: bool) -> ValueId {
-        self.node1(name, Op::AvgPool2d { pool: p, count_include_pad }, &[x])
+    pub fn avg_pool(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        p: Pool2dParams,
+        count_include_pad: bool,
+    ) -> ValueId {
+        self.node1(
+            name,
+            Op::AvgPool2d {
+                pool: p,
+                count_include_pad,
+            },
+            &[x],
+        )
     }
 
     pub fn adaptive_avg_pool(&mut self, name: &str, x: ValueId, oh: usize, ow: usize) -> ValueId {
@@ -252,7 +315,15 @@ impl GraphBuilder {
     }
 
     pub fn split(&mut self, name: &str, x: ValueId, axis: usize, sizes: &[usize]) -> Vec<ValueId> {
-        self.node(name, Op::Split { axis, sizes: sizes.to_vec() }, &[x], sizes.len())
+        self.node(
+            name,
+            Op::Split {
+                axis,
+                sizes: sizes.to_vec(),
+            },
+            &[x],
+            sizes.len(),
+        )
     }
 
     pub fn flatten(&mut self, name: &str, x: ValueId, start: usize) -> ValueId {
@@ -260,11 +331,23 @@ impl GraphBuilder {
     }
 
     pub fn reshape(&mut self, name: &str, x: ValueId, shape: &[i64]) -> ValueId {
-        self.node1(name, Op::Reshape { shape: shape.to_vec() }, &[x])
+        self.node1(
+            name,
+            Op::Reshape {
+                shape: shape.to_vec(),
+            },
+            &[x],
+        )
     }
 
     pub fn permute(&mut self, name: &str, x: ValueId, perm: &[usize]) -> ValueId {
-        self.node1(name, Op::Permute { perm: perm.to_vec() }, &[x])
+        self.node1(
+            name,
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[x],
+        )
     }
 
     pub fn channel_shuffle(&mut self, name: &str, x: ValueId, groups: usize) -> ValueId {

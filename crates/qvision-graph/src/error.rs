@@ -7,7 +7,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum GraphError {
     #[error("node '{node}' ({op}): {msg}")]
-    Node { node: String, op: String, msg: String },
+    Node {
+        node: String,
+        op: String,
+        msg: String,
+    },
     #[error("parameter '{name}' has no value: load weights first (or use formula/random weights)")]
     MissingParam { name: String },
     #[error("input '{name}': {msg}")]

@@ -32,7 +32,11 @@ enum Prepared {
     None,
     Conv(PreparedConv),
     /// Weight transposed to `in x out`, and the bias.
-    Linear { wt: Vec<f32>, out: usize, bias: Option<Vec<f32>> },
+    Linear {
+        wt: Vec<f32>,
+        out: usize,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 /// A graph ready to run.
@@ -105,7 +109,12 @@ impl Session {
                 .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
             for i in &node.inputs {
                 remaining[i.0] = remaining[i.0].saturating_sub(1);
-                if remaining[i.0] == 0 && matches!(g.values[i.0].kind, ValueKind::NodeOutput { .. } | ValueKind::Input) {
+                if remaining[i.0] == 0
+                    && matches!(
+                        g.values[i.0].kind,
+                        ValueKind::NodeOutput { .. } | ValueKind::Input
+                    )
+                {
                     env[i.0] = None;
                 }
             }
@@ -125,23 +134,34 @@ impl Session {
 
 fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
     let f32_of = |id: ValueId| -> Result<&[f32], GraphError> {
-        g.tensor(id)?
-            .as_f32()
-            .map_err(|e| GraphError::node(&n.name, n.op.kind(), format!("{}: {e}", g.values[id.0].name)))
+        g.tensor(id)?.as_f32().map_err(|e| {
+            GraphError::node(
+                &n.name,
+                n.op.kind(),
+                format!("{}: {e}", g.values[id.0].name),
+            )
+        })
     };
     Ok(match &n.op {
         Op::Conv2d { params, act } => {
             let w = f32_of(n.inputs[1])?;
             let b = n.inputs.get(2).map(|&b| f32_of(b)).transpose()?;
             Prepared::Conv(
-                PreparedConv::new(*params, w, b, *act).map_err(|e| GraphError::from_kernel(&n.name, "Conv2d", e))?,
+                PreparedConv::new(*params, w, b, *act)
+                    .map_err(|e| GraphError::from_kernel(&n.name, "Conv2d", e))?,
             )
         }
         Op::Linear { .. } => {
             let wt = g.tensor(n.inputs[1])?;
             let (out, inn) = match wt.shape() {
                 [o, i] => (*o, *i),
-                s => return Err(GraphError::node(&n.name, "Linear", format!("weight shape {s:?} is not 2-D"))),
+                s => {
+                    return Err(GraphError::node(
+                        &n.name,
+                        "Linear",
+                        format!("weight shape {s:?} is not 2-D"),
+                    ))
+                }
             };
             let w = f32_of(n.inputs[1])?;
             let mut t = vec![0.0f32; w.len()];
@@ -150,7 +170,11 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
                     t[i * out + o] = w[o * inn + i];
                 }
             }
-            let bias = n.inputs.get(2).map(|&b| f32_of(b).map(|v| v.to_vec())).transpose()?;
+            let bias = n
+                .inputs
+                .get(2)
+                .map(|&b| f32_of(b).map(|v| v.to_vec()))
+                .transpose()?;
             Prepared::Linear { wt: t, out, bias }
         }
         _ => Prepared::None,
@@ -165,7 +189,12 @@ fn fetch<'a>(g: &'a Graph, env: &'a [Option<Tensor>], id: ValueId) -> Result<&'a
 }
 
 /// Take the value if this node is its last reader, else copy it.
-fn take(g: &Graph, env: &mut [Option<Tensor>], remaining: &[usize], id: ValueId) -> Result<Tensor, String> {
+fn take(
+    g: &Graph,
+    env: &mut [Option<Tensor>],
+    remaining: &[usize],
+    id: ValueId,
+) -> Result<Tensor, String> {
     if remaining[id.0] == 1 {
         if let Some(t) = env[id.0].take() {
             return Ok(t);
@@ -179,7 +208,8 @@ fn f32s(t: &Tensor) -> Result<&[f32], String> {
 }
 
 fn nchw(t: &Tensor) -> Result<[usize; 4], String> {
-    <[usize; 4]>::try_from(t.shape()).map_err(|_| format!("expects an NCHW input, got shape {:?}", t.shape()))
+    <[usize; 4]>::try_from(t.shape())
+        .map_err(|_| format!("expects an NCHW input, got shape {:?}", t.shape()))
 }
 
 fn tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, String> {
@@ -201,7 +231,10 @@ fn run_node(
             let x = fetch(g, env, ins[0])?;
             let [n, c, h, w] = nchw(x)?;
             if c != conv.params().in_channels {
-                return Err(format!("input has {c} channels, conv expects {}", conv.params().in_channels));
+                return Err(format!(
+                    "input has {c} channels, conv expects {}",
+                    conv.params().in_channels
+                ));
             }
             let (y, oh, ow) = conv.run(f32s(x)?, n, h, w).map_err(ke)?;
             one(tensor(vec![n, conv.params().out_channels, oh, ow], y)?)
@@ -216,7 +249,11 @@ fn run_node(
             let mut y = vec![0.0f32; rows * out];
             gemm::matmul(
                 &mut y,
-                Lhs::Plain { data: f32s(x)?, rows, cols: inn },
+                Lhs::Plain {
+                    data: f32s(x)?,
+                    rows,
+                    cols: inn,
+                },
                 wt,
                 *out,
                 *out,
@@ -236,7 +273,10 @@ fn run_node(
             if s.len() < 2 {
                 return Err(format!("expects at least 2 dims, got {s:?}"));
             }
-            let p: Vec<&[f32]> = ins[1..5].iter().map(|&i| fetch(g, env, i).and_then(f32s)).collect::<Result<_, _>>()?;
+            let p: Vec<&[f32]> = ins[1..5]
+                .iter()
+                .map(|&i| fetch(g, env, i).and_then(f32s))
+                .collect::<Result<_, _>>()?;
             let hw = s[2..].iter().product();
             let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
             norm::batch_norm(xs, s[0], s[1], hw, p[0], p[1], p[2], p[3], *eps).map_err(ke)?;
@@ -269,16 +309,24 @@ fn run_node(
             let (y, oh, ow) = pool::max_pool2d(p, f32s(x)?, n * c, h, w).map_err(ke)?;
             one(tensor(vec![n, c, oh, ow], y)?)
         }
-        (Op::AvgPool2d { pool: p, count_include_pad }, _) => {
+        (
+            Op::AvgPool2d {
+                pool: p,
+                count_include_pad,
+            },
+            _,
+        ) => {
             let x = fetch(g, env, ins[0])?;
             let [n, c, h, w] = nchw(x)?;
-            let (y, oh, ow) = pool::avg_pool2d(p, *count_include_pad, f32s(x)?, n * c, h, w).map_err(ke)?;
+            let (y, oh, ow) =
+                pool::avg_pool2d(p, *count_include_pad, f32s(x)?, n * c, h, w).map_err(ke)?;
             one(tensor(vec![n, c, oh, ow], y)?)
         }
         (Op::AdaptiveAvgPool2d { output }, _) => {
             let x = fetch(g, env, ins[0])?;
             let [n, c, h, w] = nchw(x)?;
-            let y = pool::adaptive_avg_pool2d(f32s(x)?, n * c, h, w, output[0], output[1]).map_err(ke)?;
+            let y = pool::adaptive_avg_pool2d(f32s(x)?, n * c, h, w, output[0], output[1])
+                .map_err(ke)?;
             one(tensor(vec![n, c, output[0], output[1]], y)?)
         }
         (Op::Binary(op), _) => {
@@ -288,8 +336,14 @@ fn run_node(
             one(tensor(shape, y)?)
         }
         (Op::Concat { axis }, _) => {
-            let parts: Vec<&Tensor> = ins.iter().map(|&i| fetch(g, env, i)).collect::<Result<_, _>>()?;
-            let views: Vec<(&[f32], &[usize])> = parts.iter().map(|t| Ok((f32s(t)?, t.shape()))).collect::<Result<_, String>>()?;
+            let parts: Vec<&Tensor> = ins
+                .iter()
+                .map(|&i| fetch(g, env, i))
+                .collect::<Result<_, _>>()?;
+            let views: Vec<(&[f32], &[usize])> = parts
+                .iter()
+                .map(|t| Ok((f32s(t)?, t.shape())))
+                .collect::<Result<_, String>>()?;
             let (y, shape) = layout::concat(&views, *axis).map_err(ke)?;
             one(tensor(shape, y)?)
         }
@@ -319,7 +373,10 @@ fn run_node(
 }
 
 /// Infer every value's shape for the given input shapes (params and consts use their own).
-pub fn infer_shapes(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Vec<Option<Vec<usize>>>, GraphError> {
+pub fn infer_shapes(
+    g: &Graph,
+    input_shapes: &[Vec<usize>],
+) -> Result<Vec<Option<Vec<usize>>>, GraphError> {
     let mut shapes: Vec<Option<Vec<usize>>> = g
         .values
         .iter()
@@ -337,11 +394,17 @@ pub fn infer_shapes(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Vec<Option
             .iter()
             .map(|i| {
                 shapes[i.0].as_deref().ok_or_else(|| {
-                    GraphError::node(&n.name, n.op.kind(), format!("shape of '{}' is unknown", g.values[i.0].name))
+                    GraphError::node(
+                        &n.name,
+                        n.op.kind(),
+                        format!("shape of '{}' is unknown", g.values[i.0].name),
+                    )
                 })
             })
             .collect::<Result<_, _>>()?;
-        let outs = n.op.infer_shapes(&ins).map_err(|m| GraphError::node(&n.name, n.op.kind(), m))?;
+        let outs =
+            n.op.infer_shapes(&ins)
+                .map_err(|m| GraphError::node(&n.name, n.op.kind(), m))?;
         for (o, s) in n.outputs.iter().zip(outs) {
             shapes[o.0] = Some(s);
         }
@@ -354,8 +417,16 @@ pub fn count_macs(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<u64, GraphEr
     let shapes = infer_shapes(g, input_shapes)?;
     let mut total = 0;
     for n in &g.nodes {
-        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i.0].as_deref().unwrap_or(&[])).collect();
-        let outs: Vec<Vec<usize>> = n.outputs.iter().map(|o| shapes[o.0].clone().unwrap_or_default()).collect();
+        let ins: Vec<&[usize]> = n
+            .inputs
+            .iter()
+            .map(|i| shapes[i.0].as_deref().unwrap_or(&[]))
+            .collect();
+        let outs: Vec<Vec<usize>> = n
+            .outputs
+            .iter()
+            .map(|o| shapes[o.0].clone().unwrap_or_default())
+            .collect();
         total += n.op.macs(&ins, &outs);
     }
     Ok(total)
@@ -390,17 +461,34 @@ mod tests {
     fn optimized_run_equals_plain_run() {
         let mut g = block();
         weights::init_formula(&mut g);
-        let x = Tensor::from_f32(vec![2, 3, 9, 9], qvision_kernels::reference::pseudo_random(486, 5)).unwrap();
-        let plain = Session::new(&g, SessionOptions { optimize: false, threads: Some(1) }).unwrap();
+        let x = Tensor::from_f32(
+            vec![2, 3, 9, 9],
+            qvision_kernels::reference::pseudo_random(486, 5),
+        )
+        .unwrap();
+        let plain = Session::new(
+            &g,
+            SessionOptions {
+                optimize: false,
+                threads: Some(1),
+            },
+        )
+        .unwrap();
         let opt = Session::new(&g, SessionOptions::default()).unwrap();
-        assert!(opt.graph().nodes.len() < g.nodes.len(), "bn, relu, hardswish and dropout fold away");
+        assert!(
+            opt.graph().nodes.len() < g.nodes.len(),
+            "bn, relu, hardswish and dropout fold away"
+        );
         let a = plain.run(vec![x.clone()]).unwrap();
         let b = opt.run(vec![x]).unwrap();
         assert_eq!(a[0].shape(), &[2, 5]);
         for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
             assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
         }
-        assert_eq!(count_macs(&g, &[vec![1, 3, 9, 9]]).unwrap(), 8 * 25 * 27 + 8 * 25 * 9 + 72 * 5);
+        assert_eq!(
+            count_macs(&g, &[vec![1, 3, 9, 9]]).unwrap(),
+            8 * 25 * 27 + 8 * 25 * 9 + 72 * 5
+        );
     }
 
     #[test]
@@ -408,10 +496,16 @@ mod tests {
         let mut g = block();
         weights::init_formula(&mut g);
         let s = Session::new(&g, SessionOptions::default()).unwrap();
-        let err = s.run(vec![Tensor::zeros(&[1, 4, 9, 9])]).unwrap_err().to_string();
+        let err = s
+            .run(vec![Tensor::zeros(&[1, 4, 9, 9])])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("conv1") && err.contains("channels"), "{err}");
         let g2 = block();
-        let err = Session::new(&g2, SessionOptions::default()).err().unwrap().to_string();
+        let err = Session::new(&g2, SessionOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("conv1.weight"), "{err}");
     }
 }

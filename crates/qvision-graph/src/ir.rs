@@ -70,7 +70,9 @@ impl Graph {
     }
 
     pub fn param_id(&self, name: &str) -> Option<ValueId> {
-        self.params().find(|(_, v)| v.name == name).map(|(id, _)| id)
+        self.params()
+            .find(|(_, v)| v.name == name)
+            .map(|(id, _)| id)
     }
 
     /// Number of learnable parameters (as `sum(p.numel() for p in model.parameters())`:
@@ -98,9 +100,11 @@ impl Graph {
 
     /// The tensor of a param or const, or an error naming it.
     pub fn tensor(&self, id: ValueId) -> Result<&Tensor, GraphError> {
-        self.tensors.get(&id).ok_or_else(|| GraphError::MissingParam {
-            name: self.values[id.0].name.clone(),
-        })
+        self.tensors
+            .get(&id)
+            .ok_or_else(|| GraphError::MissingParam {
+                name: self.values[id.0].name.clone(),
+            })
     }
 
     /// Check structure: inputs defined before use, every output produced.
@@ -127,7 +131,10 @@ impl Graph {
         }
         for o in &self.outputs {
             if !defined[o.0] {
-                return Err(GraphError::Invalid(format!("output '{}' is never computed", self.values[o.0].name)));
+                return Err(GraphError::Invalid(format!(
+                    "output '{}' is never computed",
+                    self.values[o.0].name
+                )));
             }
         }
         Ok(())
@@ -136,5 +143,7 @@ impl Graph {
 
 /// State-dict entries that are buffers rather than parameters.
 pub(crate) fn is_buffer_name(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }

@@ -9,36 +9,65 @@ use qvision_kernels::Activation;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// `[x, weight, bias?]`, NCHW; `act` is a fused activation (set by [`crate::passes`]).
-    Conv2d { params: Conv2dParams, act: Option<Activation> },
+    Conv2d {
+        params: Conv2dParams,
+        act: Option<Activation>,
+    },
     /// Inference BatchNorm2d: `[x, weight, bias, running_mean, running_var]`.
-    BatchNorm2d { eps: f32 },
+    BatchNorm2d {
+        eps: f32,
+    },
     /// `[x, weight (out x in), bias?]` over the last axis.
-    Linear { act: Option<Activation> },
+    Linear {
+        act: Option<Activation>,
+    },
     /// `[x]`.
     Act(Activation),
     MaxPool2d(Pool2dParams),
-    AvgPool2d { pool: Pool2dParams, count_include_pad: bool },
-    AdaptiveAvgPool2d { output: [usize; 2] },
+    AvgPool2d {
+        pool: Pool2dParams,
+        count_include_pad: bool,
+    },
+    AdaptiveAvgPool2d {
+        output: [usize; 2],
+    },
     /// `[a, b]` with NumPy broadcasting.
     Binary(BinaryOp),
     /// `[x...]` along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// `[x]` into `sizes.len()` outputs along `axis`.
-    Split { axis: usize, sizes: Vec<usize> },
+    Split {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
     /// `[x]`: merge dims `start..` into one.
-    Flatten { start: usize },
+    Flatten {
+        start: usize,
+    },
     /// `[x]`: new shape; `0` keeps the input dim, `-1` is inferred (ONNX rules).
-    Reshape { shape: Vec<i64> },
+    Reshape {
+        shape: Vec<i64>,
+    },
     /// `[x]`: output dim `i` is input dim `perm[i]`.
-    Permute { perm: Vec<usize> },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// `[x, weight, bias]`, normalising the last axis.
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
     /// `[x]`, over the last axis.
     Softmax,
     /// `[x]`: identity at inference.
-    Dropout { p: f32 },
+    Dropout {
+        p: f32,
+    },
     /// `[x]` NCHW: ShuffleNet's channel shuffle.
-    ChannelShuffle { groups: usize },
+    ChannelShuffle {
+        groups: usize,
+    },
 }
 
 impl Op {
@@ -95,7 +124,10 @@ impl Op {
                 want(2)?;
                 let [n, c, h, w] = nchw(ins[0])?;
                 if c != params.in_channels {
-                    return Err(format!("input has {c} channels, conv expects {}", params.in_channels));
+                    return Err(format!(
+                        "input has {c} channels, conv expects {}",
+                        params.in_channels
+                    ));
                 }
                 let (oh, ow) = params.output_size(h, w).map_err(|e| e.to_string())?;
                 vec![vec![n, params.out_channels, oh, ow]]
@@ -104,7 +136,10 @@ impl Op {
                 want(5)?;
                 let s = ins[0];
                 if s.len() < 2 || ins[1] != [s[1]] {
-                    return Err(format!("input {s:?} does not match {} channels", ins[1].first().copied().unwrap_or(0)));
+                    return Err(format!(
+                        "input {s:?} does not match {} channels",
+                        ins[1].first().copied().unwrap_or(0)
+                    ));
                 }
                 vec![s.to_vec()]
             }
@@ -134,7 +169,10 @@ impl Op {
             Op::LayerNorm { .. } => {
                 want(3)?;
                 if ins[0].last() != ins[1].first() || ins[1].len() != 1 {
-                    return Err(format!("input {:?} does not match normalised shape {:?}", ins[0], ins[1]));
+                    return Err(format!(
+                        "input {:?} does not match normalised shape {:?}",
+                        ins[0], ins[1]
+                    ));
                 }
                 vec![ins[0].to_vec()]
             }
@@ -161,8 +199,16 @@ impl Op {
                 }
                 s[*axis] = 0;
                 for i in ins {
-                    if i.len() != s.len() || i.iter().zip(&s).enumerate().any(|(d, (a, b))| d != *axis && a != b) {
-                        return Err(format!("shape {i:?} does not match {:?} off axis {axis}", ins[0]));
+                    if i.len() != s.len()
+                        || i.iter()
+                            .zip(&s)
+                            .enumerate()
+                            .any(|(d, (a, b))| d != *axis && a != b)
+                    {
+                        return Err(format!(
+                            "shape {i:?} does not match {:?} off axis {axis}",
+                            ins[0]
+                        ));
                     }
                     s[*axis] += i[*axis];
                 }
@@ -213,7 +259,8 @@ impl Op {
         match self {
             Op::Conv2d { params, .. } => {
                 let out: usize = outs[0].iter().product();
-                (out * (params.in_channels / params.groups) * params.kernel[0] * params.kernel[1]) as u64
+                (out * (params.in_channels / params.groups) * params.kernel[0] * params.kernel[1])
+                    as u64
             }
             Op::Linear { .. } => {
                 let out: usize = outs[0].iter().product();
@@ -235,7 +282,11 @@ pub fn reshape_target(input: &[usize], shape: &[i64]) -> Result<Vec<usize>, Stri
                 infer = Some(i);
                 out.push(1);
             }
-            0 => out.push(*input.get(i).ok_or_else(|| format!("dim {i} of {input:?} does not exist"))?),
+            0 => out.push(
+                *input
+                    .get(i)
+                    .ok_or_else(|| format!("dim {i} of {input:?} does not exist"))?,
+            ),
             d if d > 0 => out.push(d as usize),
             _ => return Err(format!("invalid reshape target {shape:?}")),
         }
@@ -275,10 +326,17 @@ mod tests {
             dilation: [1, 1],
             groups: 1,
         };
-        let op = Op::Conv2d { params: p, act: None };
-        let outs = op.infer_shapes(&[&[1, 3, 224, 224], &[64, 3, 7, 7]]).unwrap();
+        let op = Op::Conv2d {
+            params: p,
+            act: None,
+        };
+        let outs = op
+            .infer_shapes(&[&[1, 3, 224, 224], &[64, 3, 7, 7]])
+            .unwrap();
         assert_eq!(outs[0], vec![1, 64, 112, 112]);
         assert_eq!(op.macs(&[&[1, 3, 224, 224]], &outs), 118_013_952);
-        assert!(op.infer_shapes(&[&[1, 4, 224, 224], &[64, 3, 7, 7]]).is_err());
+        assert!(op
+            .infer_shapes(&[&[1, 4, 224, 224], &[64, 3, 7, 7]])
+            .is_err());
     }
 }

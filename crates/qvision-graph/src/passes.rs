@@ -43,8 +43,16 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
                 if let Some(p) = single_use_producer(inputs[0]) {
                     if let Some((w, b)) = fold_bn(g, &new_tensors, &out.nodes[p], &inputs, *eps) {
                         let conv = &mut out.nodes[p];
-                        let wid = push_const(&mut out.values, &format!("{}.weight(bn-folded)", conv.name), &w);
-                        let bid = push_const(&mut out.values, &format!("{}.bias(bn-folded)", conv.name), &b);
+                        let wid = push_const(
+                            &mut out.values,
+                            &format!("{}.weight(bn-folded)", conv.name),
+                            &w,
+                        );
+                        let bid = push_const(
+                            &mut out.values,
+                            &format!("{}.bias(bn-folded)", conv.name),
+                            &b,
+                        );
                         conv.inputs.truncate(1);
                         conv.inputs.extend([wid, bid]);
                         new_tensors.insert(wid, w);
@@ -81,12 +89,23 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
     out.outputs = g.outputs.iter().map(|&o| resolve(&alias, o)).collect();
     for (i, n) in out.nodes.iter().enumerate() {
         for (index, o) in n.outputs.iter().enumerate() {
-            out.values[o.0].kind = ValueKind::NodeOutput { node: NodeId(i), index };
+            out.values[o.0].kind = ValueKind::NodeOutput {
+                node: NodeId(i),
+                index,
+            };
         }
     }
-    let used: HashSet<ValueId> = out.nodes.iter().flat_map(|n| n.inputs.iter().copied()).chain(out.outputs.iter().copied()).collect();
+    let used: HashSet<ValueId> = out
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().copied())
+        .chain(out.outputs.iter().copied())
+        .collect();
     for id in used {
-        if let Some(t) = new_tensors.remove(&id).or_else(|| g.tensors.get(&id).cloned()) {
+        if let Some(t) = new_tensors
+            .remove(&id)
+            .or_else(|| g.tensors.get(&id).cloned())
+        {
             out.tensors.insert(id, t);
         }
     }
@@ -104,25 +123,49 @@ fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> Val
 }
 
 /// New conv weight and bias with the BN after it folded in, if all tensors are present.
-fn fold_bn(g: &Graph, fresh: &HashMap<ValueId, Tensor>, conv: &Node, bn_inputs: &[ValueId], eps: f32) -> Option<(Tensor, Tensor)> {
+fn fold_bn(
+    g: &Graph,
+    fresh: &HashMap<ValueId, Tensor>,
+    conv: &Node,
+    bn_inputs: &[ValueId],
+    eps: f32,
+) -> Option<(Tensor, Tensor)> {
     let Op::Conv2d { params, act: None } = &conv.op else {
         return None;
     };
-    let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id)).and_then(|t| t.as_f32().ok());
+    let get = |id: ValueId| {
+        fresh
+            .get(&id)
+            .or_else(|| g.tensors.get(&id))
+            .and_then(|t| t.as_f32().ok())
+    };
     let w = get(conv.inputs[1])?;
     let cout = params.out_channels;
-    let stats: Vec<&[f32]> = bn_inputs[1..5].iter().map(|&i| get(i)).collect::<Option<_>>()?;
+    let stats: Vec<&[f32]> = bn_inputs[1..5]
+        .iter()
+        .map(|&i| get(i))
+        .collect::<Option<_>>()?;
     if stats.iter().any(|s| s.len() != cout) {
         return None;
     }
     let (scale, shift) = batch_norm_affine(stats[0], stats[1], stats[2], stats[3], eps);
     let per = w.len() / cout;
-    let nw: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * scale[i / per]).collect();
+    let nw: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * scale[i / per])
+        .collect();
     let old_b: Vec<f32> = match conv.inputs.get(2) {
         Some(&b) => get(b)?.to_vec(),
         None => vec![0.0; cout],
     };
     let nb: Vec<f32> = (0..cout).map(|c| old_b[c] * scale[c] + shift[c]).collect();
-    let ws = g.values[conv.inputs[1].0].shape.clone().unwrap_or_else(|| vec![w.len()]);
-    Some((Tensor::from_f32(ws, nw).ok()?, Tensor::from_f32(vec![cout], nb).ok()?))
+    let ws = g.values[conv.inputs[1].0]
+        .shape
+        .clone()
+        .unwrap_or_else(|| vec![w.len()]);
+    Some((
+        Tensor::from_f32(ws, nw).ok()?,
+        Tensor::from_f32(vec![cout], nb).ok()?,
+    ))
 }

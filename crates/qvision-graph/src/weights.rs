@@ -26,7 +26,11 @@ impl LoadReport {
 ///
 /// Shape and dtype mismatches are always errors. With `strict`, missing (non-optional) and
 /// unexpected keys are errors too; otherwise they are returned in the report.
-pub fn load_state_dict(g: &mut Graph, state_dict: Vec<(String, Tensor)>, strict: bool) -> Result<LoadReport, GraphError> {
+pub fn load_state_dict(
+    g: &mut Graph,
+    state_dict: Vec<(String, Tensor)>,
+    strict: bool,
+) -> Result<LoadReport, GraphError> {
     let mut by_name: HashMap<String, Tensor> = state_dict.into_iter().collect();
     let mut report = LoadReport::default();
     let mut problems = Vec::new();
@@ -38,12 +42,24 @@ pub fn load_state_dict(g: &mut Graph, state_dict: Vec<(String, Tensor)>, strict:
             None => report.missing.push(v.name.clone()),
             Some(t) => {
                 let want = v.shape.clone().unwrap_or_default();
-                if t.shape() != want.as_slice() && !(t.numel() == 1 && want.iter().product::<usize>() == 1) {
-                    problems.push(format!("  '{}': file has shape {:?}, model expects {:?}", v.name, t.shape(), want));
+                if t.shape() != want.as_slice()
+                    && !(t.numel() == 1 && want.iter().product::<usize>() == 1)
+                {
+                    problems.push(format!(
+                        "  '{}': file has shape {:?}, model expects {:?}",
+                        v.name,
+                        t.shape(),
+                        want
+                    ));
                     continue;
                 }
                 if t.dtype() != v.dtype {
-                    problems.push(format!("  '{}': file has dtype {}, model expects {}", v.name, t.dtype(), v.dtype));
+                    problems.push(format!(
+                        "  '{}': file has dtype {}, model expects {}",
+                        v.name,
+                        t.dtype(),
+                        v.dtype
+                    ));
                     continue;
                 }
                 g.tensors.insert(id, t.reshape(want)?);
@@ -54,8 +70,18 @@ pub fn load_state_dict(g: &mut Graph, state_dict: Vec<(String, Tensor)>, strict:
     report.unexpected = by_name.into_keys().collect();
     report.unexpected.sort();
     if strict {
-        problems.extend(report.missing.iter().map(|k| format!("  missing key '{k}'")));
-        problems.extend(report.unexpected.iter().map(|k| format!("  unexpected key '{k}'")));
+        problems.extend(
+            report
+                .missing
+                .iter()
+                .map(|k| format!("  missing key '{k}'")),
+        );
+        problems.extend(
+            report
+                .unexpected
+                .iter()
+                .map(|k| format!("  unexpected key '{k}'")),
+        );
     }
     if !problems.is_empty() {
         return Err(GraphError::StateDict(problems.join("\n")));
@@ -87,8 +113,12 @@ pub fn formula_uniform(seed: u64, len: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The deterministic value of one state-dict entry (see `scripts/make_fixtures.py`).
-pub fn formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
+/// He gain: conv/linear weights uniform with variance `2 / fan_in`.
+pub const HE_GAIN: f64 = 24.0;
+
+/// The deterministic value of one state-dict entry (see `scripts/make_fixtures.py`). Conv and
+/// linear weights are uniform with variance `gain / 12 / fan_in`.
+pub fn formula_tensor(name: &str, shape: &[usize], gain: f64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let (offset, scale): (f32, f32) = if name.ends_with("running_var") {
         (1.0, 0.4)
@@ -98,23 +128,31 @@ pub fn formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
         (0.5, 0.2)
     } else if shape.len() >= 2 {
         let fan_in: usize = shape[1..].iter().product();
-        (0.0, (24.0f64 / fan_in.max(1) as f64).sqrt() as f32)
+        (0.0, (gain / fan_in.max(1) as f64).sqrt() as f32)
     } else if name.ends_with("weight") {
         (1.0, 0.2)
     } else {
         (0.0, 0.2)
     };
-    formula_uniform(fnv1a64(name), n).into_iter().map(|u| u * scale + offset).collect()
+    formula_uniform(fnv1a64(name), n)
+        .into_iter()
+        .map(|u| u * scale + offset)
+        .collect()
 }
 
-/// Fill every parameter with its formula value (`num_batches_tracked` with 0).
+/// Fill every parameter with its formula value at He gain (`num_batches_tracked` with 0).
 pub fn init_formula(g: &mut Graph) {
+    init_formula_with_gain(g, HE_GAIN)
+}
+
+/// [`init_formula`] with another weight gain.
+pub fn init_formula_with_gain(g: &mut Graph, gain: f64) {
     let params: Vec<_> = g.params().map(|(id, v)| (id, v.clone())).collect();
     for (id, v) in params {
         let shape = v.shape.clone().unwrap_or_default();
         let t = match v.dtype {
             DType::I64 => Tensor::new(shape.clone(), Data::I64(vec![0; shape.iter().product()])),
-            _ => Tensor::from_f32(shape.clone(), formula_tensor(&v.name, &shape)),
+            _ => Tensor::from_f32(shape.clone(), formula_tensor(&v.name, &shape, gain)),
         };
         if let Ok(t) = t {
             g.tensors.insert(id, t);
@@ -143,7 +181,7 @@ mod tests {
         assert_eq!(fnv1a64("conv1.weight"), 0x69a2_9a2c_ee47_d254);
         let u = formula_uniform(fnv1a64("conv1.weight"), 3);
         assert_eq!(u, vec![0.045_074_94, 0.245_161_71, -0.477_078_32]);
-        let v = formula_tensor("bn.running_var", &[4]);
+        let v = formula_tensor("bn.running_var", &[4], HE_GAIN);
         assert!(v.iter().all(|v| *v >= 0.8 && *v < 1.2));
     }
 
@@ -156,10 +194,16 @@ mod tests {
             ("extra".to_string(), Tensor::zeros(&[1])),
         ];
         let err = load_state_dict(&mut g, sd, true).unwrap_err().to_string();
-        assert!(err.contains("'bn.weight': file has shape [4], model expects [3]"), "{err}");
+        assert!(
+            err.contains("'bn.weight': file has shape [4], model expects [3]"),
+            "{err}"
+        );
         assert!(err.contains("missing key 'bn.running_var'"), "{err}");
         assert!(err.contains("unexpected key 'extra'"), "{err}");
-        assert!(!err.contains("num_batches_tracked"), "optional keys may be absent: {err}");
+        assert!(
+            !err.contains("num_batches_tracked"),
+            "optional keys may be absent: {err}"
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ impl Conv2dParams {
             if padded < eff || self.stride[i] == 0 {
                 return Err(shape_err(
                     "conv2d",
-                    format!("kernel {:?} does not fit input {h}x{w} with padding {:?}", self.kernel, self.padding),
+                    format!(
+                        "kernel {:?} does not fit input {h}x{w} with padding {:?}",
+                        self.kernel, self.padding
+                    ),
                 ));
             }
             Ok((padded - eff) / self.stride[i] + 1)
@@ -95,16 +98,25 @@ impl PreparedConv {
         if weight.len() != params.weight_len() {
             return Err(shape_err(
                 "conv2d",
-                format!("weight has {} values, geometry {params:?} needs {}", weight.len(), params.weight_len()),
+                format!(
+                    "weight has {} values, geometry {params:?} needs {}",
+                    weight.len(),
+                    params.weight_len()
+                ),
             ));
         }
         if let Some(b) = bias {
             if b.len() != params.out_channels {
-                return Err(shape_err("conv2d", format!("bias has {} values, want {}", b.len(), params.out_channels)));
+                return Err(shape_err(
+                    "conv2d",
+                    format!("bias has {} values, want {}", b.len(), params.out_channels),
+                ));
             }
         }
         let path = if params.is_depthwise() {
-            Path::Depthwise { weight: weight.to_vec() }
+            Path::Depthwise {
+                weight: weight.to_vec(),
+            }
         } else {
             let cout_g = params.out_channels / params.groups;
             let k = weight.len() / params.out_channels;
@@ -127,21 +139,36 @@ impl PreparedConv {
     }
 
     /// Run on an `n x c x h x w` input; returns the output and its spatial size.
-    pub fn run(&self, input: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize), KernelError> {
+    pub fn run(
+        &self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Vec<f32>, usize, usize), KernelError> {
         let p = &self.params;
         if input.len() != n * p.in_channels * h * w {
             return Err(shape_err(
                 "conv2d",
-                format!("input has {} values, want {n}x{}x{h}x{w}", input.len(), p.in_channels),
+                format!(
+                    "input has {} values, want {n}x{}x{h}x{w}",
+                    input.len(),
+                    p.in_channels
+                ),
             ));
         }
         let (oh, ow) = p.output_size(h, w)?;
         let in_img = p.in_channels * h * w;
         let out_img = p.out_channels * oh * ow;
         let mut out = vec![0.0f32; n * out_img];
-        for (x, y) in input.chunks(in_img.max(1)).zip(out.chunks_mut(out_img.max(1))) {
+        for (x, y) in input
+            .chunks(in_img.max(1))
+            .zip(out.chunks_mut(out_img.max(1)))
+        {
             match &self.path {
-                Path::Depthwise { weight } => depthwise(p, weight, self.bias.as_deref(), x, h, w, y, oh, ow),
+                Path::Depthwise { weight } => {
+                    depthwise(p, weight, self.bias.as_deref(), x, h, w, y, oh, ow)
+                }
                 Path::Gemm { packed } => self.gemm_image(packed, x, h, w, y, oh, ow)?,
             }
         }
@@ -170,7 +197,10 @@ impl PreparedConv {
         for (g, pm) in packed.iter().enumerate() {
             let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
             let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
-            let bias = self.bias.as_ref().map(|b| Bias::PerRow(&b[g * cout_g..(g + 1) * cout_g]));
+            let bias = self
+                .bias
+                .as_ref()
+                .map(|b| Bias::PerRow(&b[g * cout_g..(g + 1) * cout_g]));
             let rhs: &[f32] = if p.is_pointwise() && p.stride == [1, 1] {
                 xg
             } else {
@@ -185,7 +215,16 @@ impl PreparedConv {
 
 /// Expand one group's input into a `(cin_g*kh*kw) x (oh*ow)` matrix.
 #[allow(clippy::too_many_arguments)]
-fn im2col(p: &Conv2dParams, x: &[f32], cin_g: usize, h: usize, w: usize, oh: usize, ow: usize, col: &mut Vec<f32>) {
+fn im2col(
+    p: &Conv2dParams,
+    x: &[f32],
+    cin_g: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    col: &mut Vec<f32>,
+) {
     let [kh, kw] = p.kernel;
     let n_cols = oh * ow;
     col.clear();
@@ -206,10 +245,13 @@ fn im2col(p: &Conv2dParams, x: &[f32], cin_g: usize, h: usize, w: usize, oh: usi
             let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
             let (lo, hi) = valid_range(ow, p.stride[1], off, w);
             dst[..lo].fill(0.0);
-            dst[hi.max(lo)..].fill(0.0);
+            dst[hi..].fill(0.0);
+            if hi <= lo {
+                continue;
+            }
             if p.stride[1] == 1 {
                 let s0 = (lo as isize + off) as usize;
-                dst[lo..hi.max(lo)].copy_from_slice(&src[s0..s0 + hi.saturating_sub(lo)]);
+                dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
             } else {
                 for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
                     *d = src[(ox as isize * p.stride[1] as isize + off) as usize];
@@ -223,7 +265,11 @@ fn im2col(p: &Conv2dParams, x: &[f32], cin_g: usize, h: usize, w: usize, oh: usi
 fn valid_range(ow: usize, stride: usize, off: isize, w: usize) -> (usize, usize) {
     let s = stride as isize;
     let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-    let hi = if (w as isize) <= off { 0 } else { ((w as isize - off) + s - 1) / s };
+    let hi = if (w as isize) <= off {
+        0
+    } else {
+        ((w as isize - off) + s - 1) / s
+    };
     let lo = (lo as usize).min(ow);
     let hi = (hi as usize).min(ow);
     (lo, hi.max(lo))
@@ -254,12 +300,16 @@ fn depthwise(
                 let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
                 let (lo, hi) = valid_range(ow, p.stride[1], off, w);
                 for oy in 0..oh {
-                    let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                    let iy =
+                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     let src = &xc[iy as usize * w..(iy as usize + 1) * w];
                     let dst = &mut yc[oy * ow..(oy + 1) * ow];
+                    if hi <= lo {
+                        continue;
+                    }
                     if p.stride[1] == 1 {
                         let s0 = (lo as isize + off) as usize;
                         for (d, s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
@@ -285,27 +335,39 @@ mod tests {
     fn geometry() -> impl Strategy<Value = (Conv2dParams, usize, usize, usize)> {
         (
             (1usize..4, 1usize..4, 1usize..4, 1usize..5, 1usize..5),
-            (1usize..3, 1usize..3, 0usize..3, 0usize..3, 1usize..3, 1usize..3),
-            (4usize..11, 4usize..11, 1usize..3, 0usize..3),
+            (
+                1usize..3,
+                1usize..3,
+                0usize..3,
+                0usize..3,
+                1usize..3,
+                1usize..3,
+            ),
+            (1usize..11, 1usize..11, 1usize..3, 0usize..3),
         )
-            .prop_map(|((g, cin_g, cout_g, kh, kw), (sh, sw, ph, pw, dh, dw), (h, w, n, kind))| {
-                // kind 0: general grouped, 1: depthwise (cin_g = 1), 2: pointwise
-                let (cin_g, kh, kw, ph, pw) = match kind {
-                    1 => (1, kh, kw, ph, pw),
-                    2 => (cin_g, 1, 1, 0, 0),
-                    _ => (cin_g, kh, kw, ph, pw),
-                };
-                let p = Conv2dParams {
-                    in_channels: g * cin_g,
-                    out_channels: g * cout_g,
-                    kernel: [kh, kw],
-                    stride: [sh, sw],
-                    padding: [ph.min(kh - 1), pw.min(kw - 1)],
-                    dilation: [dh, dw],
-                    groups: g,
-                };
-                (p, h + kh * dh, w + kw * dw, n)
-            })
+            .prop_map(
+                |((g, cin_g, cout_g, kh, kw), (sh, sw, ph, pw, dh, dw), (h, w, n, kind))| {
+                    // kind 0: general grouped, 1: depthwise (cin_g = 1), 2: pointwise
+                    let (cin_g, kh, kw, ph, pw) = match kind {
+                        1 => (1, kh, kw, ph, pw),
+                        2 => (cin_g, 1, 1, 0, 0),
+                        _ => (cin_g, kh, kw, ph, pw),
+                    };
+                    let p = Conv2dParams {
+                        in_channels: g * cin_g,
+                        out_channels: g * cout_g,
+                        kernel: [kh, kw],
+                        stride: [sh, sw],
+                        padding: [ph.min(kh - 1), pw.min(kw - 1)],
+                        dilation: [dh, dw],
+                        groups: g,
+                    };
+                    // the dilated kernel must fit the padded input
+                    let h = h.max((dh * (kh - 1) + 1).saturating_sub(2 * p.padding[0]));
+                    let w = w.max((dw * (kw - 1) + 1).saturating_sub(2 * p.padding[1]));
+                    (p, h.max(1), w.max(1), n)
+                },
+            )
     }
 
     proptest! {
@@ -329,14 +391,30 @@ mod tests {
 
     #[test]
     fn kernel_larger_than_input_is_an_error() {
-        let p = Conv2dParams { in_channels: 1, out_channels: 1, kernel: [5, 5], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 };
+        let p = Conv2dParams {
+            in_channels: 1,
+            out_channels: 1,
+            kernel: [5, 5],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
         let conv = PreparedConv::new(p, &[0.0; 25], None, None).unwrap();
         assert!(conv.run(&[0.0; 9], 1, 3, 3).is_err());
     }
 
     #[test]
     fn wrong_weight_size_is_an_error() {
-        let p = Conv2dParams { in_channels: 2, out_channels: 1, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+        let p = Conv2dParams {
+            in_channels: 2,
+            out_channels: 1,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
         assert!(PreparedConv::new(p, &[0.0; 9], None, None).is_err());
     }
 }

@@ -28,28 +28,51 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, KernelErr
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(shape_err("broadcast", format!("shapes {a:?} and {b:?} do not broadcast"))),
+            _ => {
+                return Err(shape_err(
+                    "broadcast",
+                    format!("shapes {a:?} and {b:?} do not broadcast"),
+                ))
+            }
         };
     }
     Ok(out)
 }
 
 /// `op(a, b)` with broadcasting; returns the output and its shape.
-pub fn binary(op: BinaryOp, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize]) -> Result<(Vec<f32>, Vec<usize>), KernelError> {
+pub fn binary(
+    op: BinaryOp,
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+) -> Result<(Vec<f32>, Vec<usize>), KernelError> {
     let shape = broadcast_shape(a_shape, b_shape)?;
     let total: usize = shape.iter().product();
-    if a.len() != a_shape.iter().product::<usize>() || b.len() != b_shape.iter().product::<usize>() {
+    if a.len() != a_shape.iter().product::<usize>() || b.len() != b_shape.iter().product::<usize>()
+    {
         return Err(shape_err("binary", "data does not fill its shape"));
     }
     if a_shape == b_shape {
         let mut out = a.to_vec();
-        out.par_iter_mut().with_min_len(4096).zip(b).for_each(|(x, y)| *x = op.apply(*x, *y));
+        out.par_iter_mut()
+            .with_min_len(4096)
+            .zip(b)
+            .for_each(|(x, y)| *x = op.apply(*x, *y));
         return Ok((out, shape));
     }
     // Fast path: one side is a per-"row" scalar over trailing contiguous blocks
@@ -63,16 +86,19 @@ pub fn binary(op: BinaryOp, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[
     let sb = strides_for(b_shape, &shape);
     let out_strides = contiguous_strides(&shape);
     let mut out = vec![0.0f32; total];
-    out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| {
-        let (mut ia, mut ib, mut rem) = (0, 0, i);
-        for d in 0..shape.len() {
-            let q = rem / out_strides[d];
-            rem %= out_strides[d];
-            ia += q * sa[d];
-            ib += q * sb[d];
-        }
-        *o = op.apply(a[ia], b[ib]);
-    });
+    out.par_iter_mut()
+        .with_min_len(4096)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (mut ia, mut ib, mut rem) = (0, 0, i);
+            for d in 0..shape.len() {
+                let q = rem / out_strides[d];
+                rem %= out_strides[d];
+                ia += q * sa[d];
+                ib += q * sb[d];
+            }
+            *o = op.apply(a[ia], b[ib]);
+        });
     Ok((out, shape))
 }
 
@@ -90,23 +116,31 @@ fn row_broadcast(
         return None;
     }
     let pad = out_shape.len() - small_shape.len();
-    let s: Vec<usize> = std::iter::repeat_n(1, pad).chain(small_shape.iter().copied()).collect();
+    let s: Vec<usize> = std::iter::repeat_n(1, pad)
+        .chain(small_shape.iter().copied())
+        .collect();
     // `small` must equal the output on dims [first..k) and be 1 elsewhere.
     let k = s.iter().rposition(|&d| d != 1).map_or(0, |p| p + 1);
     let first = s[..k].iter().position(|&d| d != 1).unwrap_or(k);
-    if !s[first..k].iter().zip(&out_shape[first..k]).all(|(a, b)| a == b) {
+    if !s[first..k]
+        .iter()
+        .zip(&out_shape[first..k])
+        .all(|(a, b)| a == b)
+    {
         return None;
     }
     let block: usize = out_shape[k..].iter().product();
     let mut out = full.to_vec();
-    out.par_chunks_mut(block.max(1)).enumerate().for_each(|(r, chunk)| {
-        let v = small[r % small.len().max(1)];
-        if swapped {
-            chunk.iter_mut().for_each(|x| *x = op.apply(v, *x));
-        } else {
-            chunk.iter_mut().for_each(|x| *x = op.apply(*x, v));
-        }
-    });
+    out.par_chunks_mut(block.max(1))
+        .enumerate()
+        .for_each(|(r, chunk)| {
+            let v = small[r % small.len().max(1)];
+            if swapped {
+                chunk.iter_mut().for_each(|x| *x = op.apply(v, *x));
+            } else {
+                chunk.iter_mut().for_each(|x| *x = op.apply(*x, v));
+            }
+        });
     Some(out)
 }
 
@@ -122,7 +156,13 @@ fn strides_for(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let pad = out.len() - shape.len();
     let own = contiguous_strides(shape);
     (0..out.len())
-        .map(|d| if d < pad || shape[d - pad] == 1 { 0 } else { own[d - pad] })
+        .map(|d| {
+            if d < pad || shape[d - pad] == 1 {
+                0
+            } else {
+                own[d - pad]
+            }
+        })
         .collect()
 }
 

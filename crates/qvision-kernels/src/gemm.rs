@@ -3,7 +3,9 @@
 //! conventions the convolution and linear ops use.
 
 use crate::{shape_err, KernelError};
-use rten_gemm::{BiasVector, GemmExecutor, GemmInputA, GemmInputB, GemmUninitOptions, PackedAMatrix};
+use rten_gemm::{
+    BiasVector, GemmExecutor, GemmInputA, GemmInputB, GemmUninitOptions, PackedAMatrix,
+};
 use rten_tensor::NdTensorView;
 use std::mem::MaybeUninit;
 
@@ -99,10 +101,16 @@ pub fn matmul(
 ) -> Result<(), KernelError> {
     let (m, k) = a.dims();
     if out.len() != m * n {
-        return Err(shape_err("gemm", format!("output holds {} values, want {m}x{n}", out.len())));
+        return Err(shape_err(
+            "gemm",
+            format!("output holds {} values, want {m}x{n}", out.len()),
+        ));
     }
     if ldb < n || (k > 0 && b.len() < (k - 1) * ldb + n) {
-        return Err(shape_err("gemm", format!("rhs of {} values is not {k}x{n} (stride {ldb})", b.len())));
+        return Err(shape_err(
+            "gemm",
+            format!("rhs of {} values is not {k}x{n} (stride {ldb})", b.len()),
+        ));
     }
     if m == 0 || n == 0 {
         return Ok(());
@@ -150,7 +158,9 @@ pub fn matmul(
 fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: MaybeUninit<f32> is layout-compatible with f32, and every f32 is a valid
     // MaybeUninit<f32>; the slice keeps its length and lifetime.
-    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) }
+    unsafe {
+        std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len())
+    }
 }
 
 fn add_bias(out: &mut [f32], m: usize, n: usize, bias: Option<Bias<'_>>) {
@@ -203,7 +213,18 @@ mod tests {
     fn bad_shapes_are_errors() {
         let mut out = vec![0.0; 4];
         let a = [1.0; 4];
-        let r = matmul(&mut out, Lhs::Plain { data: &a, rows: 2, cols: 2 }, &[1.0; 3], 2, 2, None);
+        let r = matmul(
+            &mut out,
+            Lhs::Plain {
+                data: &a,
+                rows: 2,
+                cols: 2,
+            },
+            &[1.0; 3],
+            2,
+            2,
+            None,
+        );
         assert!(r.is_err());
     }
 }

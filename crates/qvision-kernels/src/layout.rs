@@ -3,16 +3,32 @@
 use crate::{shape_err, KernelError};
 
 /// Concatenate along `axis`; all other dims must agree.
-pub fn concat<T: Copy>(parts: &[(&[T], &[usize])], axis: usize) -> Result<(Vec<T>, Vec<usize>), KernelError> {
-    let (_, first) = parts.first().ok_or_else(|| shape_err("concat", "no inputs"))?;
+pub fn concat<T: Copy>(
+    parts: &[(&[T], &[usize])],
+    axis: usize,
+) -> Result<(Vec<T>, Vec<usize>), KernelError> {
+    let (_, first) = parts
+        .first()
+        .ok_or_else(|| shape_err("concat", "no inputs"))?;
     if axis >= first.len() {
-        return Err(shape_err("concat", format!("axis {axis} out of range for rank {}", first.len())));
+        return Err(shape_err(
+            "concat",
+            format!("axis {axis} out of range for rank {}", first.len()),
+        ));
     }
     let mut shape = first.to_vec();
     shape[axis] = 0;
     for (data, s) in parts {
-        if s.len() != first.len() || s.iter().zip(first.iter()).enumerate().any(|(d, (a, b))| d != axis && a != b) {
-            return Err(shape_err("concat", format!("shape {s:?} does not match {first:?} off axis {axis}")));
+        if s.len() != first.len()
+            || s.iter()
+                .zip(first.iter())
+                .enumerate()
+                .any(|(d, (a, b))| d != axis && a != b)
+        {
+            return Err(shape_err(
+                "concat",
+                format!("shape {s:?} does not match {first:?} off axis {axis}"),
+            ));
         }
         if data.len() != s.iter().product::<usize>() {
             return Err(shape_err("concat", "data does not fill its shape"));
@@ -32,9 +48,17 @@ pub fn concat<T: Copy>(parts: &[(&[T], &[usize])], axis: usize) -> Result<(Vec<T
 }
 
 /// Split along `axis` into pieces of the given sizes.
-pub fn split<T: Copy>(x: &[T], shape: &[usize], axis: usize, sizes: &[usize]) -> Result<Vec<(Vec<T>, Vec<usize>)>, KernelError> {
+pub fn split<T: Copy>(
+    x: &[T],
+    shape: &[usize],
+    axis: usize,
+    sizes: &[usize],
+) -> Result<Vec<(Vec<T>, Vec<usize>)>, KernelError> {
     if axis >= shape.len() || sizes.iter().sum::<usize>() != shape[axis] {
-        return Err(shape_err("split", format!("sizes {sizes:?} do not split axis {axis} of {shape:?}")));
+        return Err(shape_err(
+            "split",
+            format!("sizes {sizes:?} do not split axis {axis} of {shape:?}"),
+        ));
     }
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
@@ -55,11 +79,22 @@ pub fn split<T: Copy>(x: &[T], shape: &[usize], axis: usize, sizes: &[usize]) ->
 }
 
 /// Reorder dims: output dim `i` is input dim `perm[i]`.
-pub fn permute<T: Copy + Default>(x: &[T], shape: &[usize], perm: &[usize]) -> Result<(Vec<T>, Vec<usize>), KernelError> {
+pub fn permute<T: Copy + Default>(
+    x: &[T],
+    shape: &[usize],
+    perm: &[usize],
+) -> Result<(Vec<T>, Vec<usize>), KernelError> {
     let n = shape.len();
     let mut seen = vec![false; n];
-    if perm.len() != n || perm.iter().any(|&p| p >= n || std::mem::replace(&mut seen[p], true)) {
-        return Err(shape_err("permute", format!("{perm:?} is not a permutation of rank {n}")));
+    if perm.len() != n
+        || perm
+            .iter()
+            .any(|&p| p >= n || std::mem::replace(&mut seen[p], true))
+    {
+        return Err(shape_err(
+            "permute",
+            format!("{perm:?} is not a permutation of rank {n}"),
+        ));
     }
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let mut in_strides = vec![1; n];
@@ -102,9 +137,18 @@ pub fn permute<T: Copy + Default>(x: &[T], shape: &[usize], perm: &[usize]) -> R
 
 /// ShuffleNet's channel shuffle over NCHW: view as (n, groups, c/groups, hw), swap the two
 /// channel dims. Output channel `j*groups + g` is input channel `g*(c/groups) + j`.
-pub fn channel_shuffle<T: Copy>(x: &[T], n: usize, c: usize, hw: usize, groups: usize) -> Result<Vec<T>, KernelError> {
+pub fn channel_shuffle<T: Copy>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+) -> Result<Vec<T>, KernelError> {
     if groups == 0 || c % groups != 0 || x.len() != n * c * hw {
-        return Err(shape_err("channel_shuffle", format!("{c} channels do not split into {groups} groups")));
+        return Err(shape_err(
+            "channel_shuffle",
+            format!("{c} channels do not split into {groups} groups"),
+        ));
     }
     let cpg = c / groups;
     let mut out = Vec::with_capacity(x.len());
@@ -162,7 +206,10 @@ mod tests {
             for h in 0..4 {
                 for w in 0..5 {
                     for c in 0..3 {
-                        assert_eq!(y[((n * 4 + h) * 5 + w) * 3 + c], x[((n * 3 + c) * 4 + h) * 5 + w]);
+                        assert_eq!(
+                            y[((n * 4 + h) * 5 + w) * 3 + c],
+                            x[((n * 3 + c) * 4 + h) * 5 + w]
+                        );
                     }
                 }
             }

@@ -18,16 +18,28 @@ impl Pool2dParams {
     /// PyTorch's `pooling_output_shape`.
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize), KernelError> {
         let dim = |i: usize, size: usize| -> Result<usize, KernelError> {
-            let (k, s, p, d) = (self.kernel[i], self.stride[i], self.padding[i], self.dilation[i]);
+            let (k, s, p, d) = (
+                self.kernel[i],
+                self.stride[i],
+                self.padding[i],
+                self.dilation[i],
+            );
             if k == 0 || s == 0 || d == 0 || p * 2 > k {
                 return Err(shape_err("pool2d", format!("invalid window {self:?}")));
             }
             let span = size as isize + 2 * p as isize - (d * (k - 1)) as isize - 1;
             if span < 0 {
-                return Err(shape_err("pool2d", format!("window {self:?} does not fit input {h}x{w}")));
+                return Err(shape_err(
+                    "pool2d",
+                    format!("window {self:?} does not fit input {h}x{w}"),
+                ));
             }
             let span = span as usize;
-            let mut out = if self.ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+            let mut out = if self.ceil_mode {
+                span.div_ceil(s)
+            } else {
+                span / s
+            } + 1;
             if self.ceil_mode && (out - 1) * s >= size + p {
                 out -= 1;
             }
@@ -38,35 +50,45 @@ impl Pool2dParams {
 }
 
 /// Max pooling; padding counts as -inf.
-pub fn max_pool2d(p: &Pool2dParams, x: &[f32], nc: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize), KernelError> {
+pub fn max_pool2d(
+    p: &Pool2dParams,
+    x: &[f32],
+    nc: usize,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<f32>, usize, usize), KernelError> {
     let (oh, ow) = p.output_size(h, w)?;
     check_len("max_pool2d", x, nc * h * w)?;
     let mut out = vec![0.0f32; nc * oh * ow];
-    out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(c, y)| {
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut m = f32::NEG_INFINITY;
-                for ky in 0..p.kernel[0] {
-                    let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..p.kernel[1] {
-                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
-                        if ix < 0 || ix >= w as isize {
+    out.par_chunks_mut((oh * ow).max(1))
+        .enumerate()
+        .for_each(|(c, y)| {
+            let xc = &x[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..p.kernel[0] {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        let v = xc[iy as usize * w + ix as usize];
-                        if v > m || v.is_nan() {
-                            m = v;
+                        for kx in 0..p.kernel[1] {
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let v = xc[iy as usize * w + ix as usize];
+                            if v > m || v.is_nan() {
+                                m = v;
+                            }
                         }
                     }
+                    y[oy * ow + ox] = m;
                 }
-                y[oy * ow + ox] = m;
             }
-        }
-    });
+        });
     Ok((out, oh, ow))
 }
 
@@ -85,36 +107,52 @@ pub fn avg_pool2d(
     let (oh, ow) = p.output_size(h, w)?;
     check_len("avg_pool2d", x, nc * h * w)?;
     let mut out = vec![0.0f32; nc * oh * ow];
-    out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(c, y)| {
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
-            let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
-            for ox in 0..ow {
-                let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
-                let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
-                let pool_size = (he - hs) * (we - ws);
-                let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
-                let (he, we) = (he.min(h as isize) as usize, we.min(w as isize) as usize);
-                let mut sum = 0.0f32;
-                for iy in hs..he {
-                    for ix in ws..we {
-                        sum += xc[iy * w + ix];
+    out.par_chunks_mut((oh * ow).max(1))
+        .enumerate()
+        .for_each(|(c, y)| {
+            let xc = &x[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+                let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
+                for ox in 0..ow {
+                    let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+                    let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
+                    let pool_size = (he - hs) * (we - ws);
+                    let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
+                    let (he, we) = (he.min(h as isize) as usize, we.min(w as isize) as usize);
+                    let mut sum = 0.0f32;
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            sum += xc[iy * w + ix];
+                        }
                     }
+                    let div = if count_include_pad {
+                        pool_size as f32
+                    } else {
+                        ((he - hs) * (we - ws)) as f32
+                    };
+                    y[oy * ow + ox] = sum / div;
                 }
-                let div = if count_include_pad { pool_size as f32 } else { ((he - hs) * (we - ws)) as f32 };
-                y[oy * ow + ox] = sum / div;
             }
-        }
-    });
+        });
     Ok((out, oh, ow))
 }
 
 /// `AdaptiveAvgPool2d`: bin `i` spans `floor(i*h/oh) .. ceil((i+1)*h/oh)`.
-pub fn adaptive_avg_pool2d(x: &[f32], nc: usize, h: usize, w: usize, oh: usize, ow: usize) -> Result<Vec<f32>, KernelError> {
+pub fn adaptive_avg_pool2d(
+    x: &[f32],
+    nc: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Vec<f32>, KernelError> {
     check_len("adaptive_avg_pool2d", x, nc * h * w)?;
     if oh == 0 || ow == 0 || h == 0 || w == 0 {
-        return Err(shape_err("adaptive_avg_pool2d", format!("cannot pool {h}x{w} to {oh}x{ow}")));
+        return Err(shape_err(
+            "adaptive_avg_pool2d",
+            format!("cannot pool {h}x{w} to {oh}x{ow}"),
+        ));
     }
     let mut out = vec![0.0f32; nc * oh * ow];
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(c, y)| {
@@ -138,7 +176,10 @@ pub fn adaptive_avg_pool2d(x: &[f32], nc: usize, h: usize, w: usize, oh: usize, 
 
 fn check_len(op: &'static str, x: &[f32], want: usize) -> Result<(), KernelError> {
     if x.len() != want {
-        return Err(shape_err(op, format!("input has {} values, want {want}", x.len())));
+        return Err(shape_err(
+            op,
+            format!("input has {} values, want {want}", x.len()),
+        ));
     }
     Ok(())
 }
@@ -148,17 +189,29 @@ mod tests {
     use super::*;
 
     fn params(k: usize, s: usize, p: usize, ceil: bool) -> Pool2dParams {
-        Pool2dParams { kernel: [k, k], stride: [s, s], padding: [p, p], dilation: [1, 1], ceil_mode: ceil }
+        Pool2dParams {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+            dilation: [1, 1],
+            ceil_mode: ceil,
+        }
     }
 
     #[test]
     fn ceil_mode_sizes_match_pytorch() {
         // GoogLeNet: MaxPool2d(3, 2, ceil_mode=True) on 112 -> 56; on 7 -> 3 (floor) vs 4? (7-3)/2+1 = 3
-        assert_eq!(params(3, 2, 0, true).output_size(112, 112).unwrap(), (56, 56));
+        assert_eq!(
+            params(3, 2, 0, true).output_size(112, 112).unwrap(),
+            (56, 56)
+        );
         assert_eq!(params(3, 2, 0, true).output_size(14, 14).unwrap(), (7, 7));
         assert_eq!(params(2, 2, 0, true).output_size(7, 7).unwrap(), (4, 4));
         assert_eq!(params(2, 2, 0, false).output_size(7, 7).unwrap(), (3, 3));
-        assert_eq!(params(3, 2, 1, false).output_size(112, 112).unwrap(), (56, 56));
+        assert_eq!(
+            params(3, 2, 1, false).output_size(112, 112).unwrap(),
+            (56, 56)
+        );
     }
 
     #[test]

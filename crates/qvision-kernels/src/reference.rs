@@ -20,7 +20,15 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
 }
 
 /// `a[m x k] · b[k x n]` with `b`'s row stride `ldb`, plus a per-row bias.
-pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ldb: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -59,18 +67,22 @@ pub fn conv2d(
                         let c = g * cin_g + ic;
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                    - p.padding[0] as isize;
+                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                    - p.padding[1] as isize;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                     continue;
                                 }
-                                let xv = x[((b * p.in_channels + c) * h + iy as usize) * w + ix as usize];
+                                let xv = x
+                                    [((b * p.in_channels + c) * h + iy as usize) * w + ix as usize];
                                 let wv = weight[((oc * cin_g + ic) * kh + ky) * kw + kx];
                                 acc += xv as f64 * wv as f64;
                             }
                         }
                     }
-                    out[((b * p.out_channels + oc) * oh + oy) * ow + ox] = acc as f32 + bias.map_or(0.0, |b| b[oc]);
+                    out[((b * p.out_channels + oc) * oh + oy) * ow + ox] =
+                        acc as f32 + bias.map_or(0.0, |b| b[oc]);
                 }
             }
         }

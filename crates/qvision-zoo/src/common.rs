@@ -27,7 +27,11 @@ pub fn conv_bn_act(
     eps: f32,
     act: Option<Activation>,
 ) -> ValueId {
-    let c = Conv::new(cin, cout, k).stride(stride).pad((k - 1) / 2).groups(groups).bias(false);
+    let c = Conv::new(cin, cout, k)
+        .stride(stride)
+        .pad((k - 1) / 2)
+        .groups(groups)
+        .bias(false);
     let y = b.conv2d(&format!("{name}.0"), x, c);
     let y = b.batch_norm_eps(&format!("{name}.1"), y, cout, eps);
     match act {

@@ -8,7 +8,7 @@ pub mod classification;
 mod common;
 mod registry;
 
-pub use registry::{build, find, models, ModelInfo, Task, Transform, Interpolation};
+pub use registry::{build, find, models, Interpolation, ModelInfo, Task, Transform};
 
 use qvision_graph::Graph;
 use qvision_tensor::Tensor;

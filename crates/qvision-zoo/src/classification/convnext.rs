@@ -27,7 +27,11 @@ pub fn build(name: &str, opts: &ModelOptions) -> Graph {
         let stage = 2 * s + 1;
         for i in 0..depths[s] {
             let p = format!("features.{stage}.{i}");
-            let y = b.conv2d(&format!("{p}.block.0"), x, Conv::new(dim, dim, 7).pad(3).groups(dim));
+            let y = b.conv2d(
+                &format!("{p}.block.0"),
+                x,
+                Conv::new(dim, dim, 7).pad(3).groups(dim),
+            );
             let y = b.permute(&format!("{p}.block.1"), y, &[0, 2, 3, 1]);
             let y = b.layer_norm(&format!("{p}.block.2"), y, dim, 1e-6);
             let y = b.linear(&format!("{p}.block.3"), y, dim, 4 * dim, true);
@@ -42,7 +46,11 @@ pub fn build(name: &str, opts: &ModelOptions) -> Graph {
         if s < 3 {
             let p = format!("features.{}", stage + 1);
             let y = layer_norm_2d(&mut b, &format!("{p}.0"), x, dim);
-            x = b.conv2d(&format!("{p}.1"), y, Conv::new(dim, dims[s + 1], 2).stride(2));
+            x = b.conv2d(
+                &format!("{p}.1"),
+                y,
+                Conv::new(dim, dims[s + 1], 2).stride(2),
+            );
         }
     }
     let last = dims[3];

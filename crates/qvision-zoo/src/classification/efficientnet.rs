@@ -45,19 +45,20 @@ const V2_L: &[Stage] = &[
 
 pub fn build(name: &str, opts: &ModelOptions) -> Graph {
     // (stages, width_mult, depth_mult, bn eps, last channel (None: 4x), dropout)
-    let (stages, width, depth, eps, last, dropout): (&[Stage], f64, f64, f32, Option<usize>, f32) = match name {
-        "efficientnet_b0" => (V1, 1.0, 1.0, 1e-5, None, 0.2),
-        "efficientnet_b1" => (V1, 1.0, 1.1, 1e-5, None, 0.2),
-        "efficientnet_b2" => (V1, 1.1, 1.2, 1e-5, None, 0.3),
-        "efficientnet_b3" => (V1, 1.2, 1.4, 1e-5, None, 0.3),
-        "efficientnet_b4" => (V1, 1.4, 1.8, 1e-5, None, 0.4),
-        "efficientnet_b5" => (V1, 1.6, 2.2, 1e-3, None, 0.4),
-        "efficientnet_b6" => (V1, 1.8, 2.6, 1e-3, None, 0.5),
-        "efficientnet_b7" => (V1, 2.0, 3.1, 1e-3, None, 0.5),
-        "efficientnet_v2_s" => (V2_S, 1.0, 1.0, 1e-3, Some(1280), 0.2),
-        "efficientnet_v2_m" => (V2_M, 1.0, 1.0, 1e-3, Some(1280), 0.3),
-        _ => (V2_L, 1.0, 1.0, 1e-3, Some(1280), 0.4),
-    };
+    let (stages, width, depth, eps, last, dropout): (&[Stage], f64, f64, f32, Option<usize>, f32) =
+        match name {
+            "efficientnet_b0" => (V1, 1.0, 1.0, 1e-5, None, 0.2),
+            "efficientnet_b1" => (V1, 1.0, 1.1, 1e-5, None, 0.2),
+            "efficientnet_b2" => (V1, 1.1, 1.2, 1e-5, None, 0.3),
+            "efficientnet_b3" => (V1, 1.2, 1.4, 1e-5, None, 0.3),
+            "efficientnet_b4" => (V1, 1.4, 1.8, 1e-5, None, 0.4),
+            "efficientnet_b5" => (V1, 1.6, 2.2, 1e-3, None, 0.4),
+            "efficientnet_b6" => (V1, 1.8, 2.6, 1e-3, None, 0.5),
+            "efficientnet_b7" => (V1, 2.0, 3.1, 1e-3, None, 0.5),
+            "efficientnet_v2_s" => (V2_S, 1.0, 1.0, 1e-3, Some(1280), 0.2),
+            "efficientnet_v2_m" => (V2_M, 1.0, 1.0, 1e-3, Some(1280), 0.3),
+            _ => (V2_L, 1.0, 1.0, 1e-3, Some(1280), 0.4),
+        };
     let adjust = |c: usize| make_divisible(c as f64 * width, 8);
     let silu = Some(Activation::Silu);
     let mut b = GraphBuilder::new(name);
@@ -74,29 +75,107 @@ pub fn build(name: &str, opts: &ModelOptions) -> Graph {
             let mut y: ValueId = x;
             if fused {
                 if expanded != inp {
-                    y = conv_bn_act(&mut b, &format!("{p}.0"), y, inp, expanded, k, s, 1, eps, silu);
-                    y = conv_bn_act(&mut b, &format!("{p}.1"), y, expanded, cout, 1, 1, 1, eps, None);
+                    y = conv_bn_act(
+                        &mut b,
+                        &format!("{p}.0"),
+                        y,
+                        inp,
+                        expanded,
+                        k,
+                        s,
+                        1,
+                        eps,
+                        silu,
+                    );
+                    y = conv_bn_act(
+                        &mut b,
+                        &format!("{p}.1"),
+                        y,
+                        expanded,
+                        cout,
+                        1,
+                        1,
+                        1,
+                        eps,
+                        None,
+                    );
                 } else {
                     y = conv_bn_act(&mut b, &format!("{p}.0"), y, inp, cout, k, s, 1, eps, silu);
                 }
             } else {
                 let mut j = 0;
                 if expanded != inp {
-                    y = conv_bn_act(&mut b, &format!("{p}.0"), y, inp, expanded, 1, 1, 1, eps, silu);
+                    y = conv_bn_act(
+                        &mut b,
+                        &format!("{p}.0"),
+                        y,
+                        inp,
+                        expanded,
+                        1,
+                        1,
+                        1,
+                        eps,
+                        silu,
+                    );
                     j += 1;
                 }
-                y = conv_bn_act(&mut b, &format!("{p}.{j}"), y, expanded, expanded, k, s, expanded, eps, silu);
+                y = conv_bn_act(
+                    &mut b,
+                    &format!("{p}.{j}"),
+                    y,
+                    expanded,
+                    expanded,
+                    k,
+                    s,
+                    expanded,
+                    eps,
+                    silu,
+                );
                 let sq = (inp / 4).max(1);
-                y = squeeze_excitation(&mut b, &format!("{p}.{}", j + 1), y, expanded, sq, Activation::Silu, Activation::Sigmoid);
-                y = conv_bn_act(&mut b, &format!("{p}.{}", j + 2), y, expanded, cout, 1, 1, 1, eps, None);
+                y = squeeze_excitation(
+                    &mut b,
+                    &format!("{p}.{}", j + 1),
+                    y,
+                    expanded,
+                    sq,
+                    Activation::Silu,
+                    Activation::Sigmoid,
+                );
+                y = conv_bn_act(
+                    &mut b,
+                    &format!("{p}.{}", j + 2),
+                    y,
+                    expanded,
+                    cout,
+                    1,
+                    1,
+                    1,
+                    eps,
+                    None,
+                );
             }
             // StochasticDepth is the identity at inference.
-            x = if s == 1 && inp == cout { b.add(&format!("features.{}.{bi}.add", si + 1), x, y) } else { y };
+            x = if s == 1 && inp == cout {
+                b.add(&format!("features.{}.{bi}.add", si + 1), x, y)
+            } else {
+                y
+            };
         }
     }
     let last_in = adjust(stages[stages.len() - 1].5);
     let last_out = last.unwrap_or(4 * last_in);
-    let x = conv_bn_act(&mut b, &format!("features.{}", stages.len() + 1), x, last_in, last_out, 1, 1, 1, eps, silu);
+    let x = conv_bn_act(
+        &mut b,
+        &format!("features.{}", stages.len() + 1),
+        x,
+        last_in,
+        last_out,
+        1,
+        1,
+        1,
+        eps,
+        silu,
+    );
     let x = pool_flatten(&mut b, x);
     let x = b.dropout("classifier.0", x, dropout);
     let x = b.linear("classifier.1", x, last_out, opts.num_classes, true);

@@ -18,9 +18,19 @@ pub(crate) fn basic_conv(b: &mut GraphBuilder, p: &str, x: ValueId, c: Conv) -> 
 /// torchvision's `_transform_input`: re-normalise from ImageNet statistics to [-1, 1].
 pub(crate) fn transform_input(b: &mut GraphBuilder, x: ValueId) -> ValueId {
     let scale = [0.229f32 / 0.5, 0.224 / 0.5, 0.225 / 0.5];
-    let shift = [(0.485f32 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5];
-    let s = b.constant("transform_input.scale", Tensor::from_f32(vec![1, 3, 1, 1], scale.to_vec()).expect("3 values"));
-    let t = b.constant("transform_input.shift", Tensor::from_f32(vec![1, 3, 1, 1], shift.to_vec()).expect("3 values"));
+    let shift = [
+        (0.485f32 - 0.5) / 0.5,
+        (0.456 - 0.5) / 0.5,
+        (0.406 - 0.5) / 0.5,
+    ];
+    let s = b.constant(
+        "transform_input.scale",
+        Tensor::from_f32(vec![1, 3, 1, 1], scale.to_vec()).expect("3 values"),
+    );
+    let t = b.constant(
+        "transform_input.shift",
+        Tensor::from_f32(vec![1, 3, 1, 1], shift.to_vec()).expect("3 values"),
+    );
     let x = b.mul("transform_input.mul", x, s);
     b.add("transform_input.add", x, t)
 }
@@ -31,7 +41,11 @@ fn declare_aux(b: &mut GraphBuilder, p: &str, cin: usize, num_classes: usize) {
     for s in ["weight", "bias", "running_mean", "running_var"] {
         b.param(&format!("{p}.conv.bn.{s}"), &[128]);
     }
-    b.optional_param(&format!("{p}.conv.bn.num_batches_tracked"), &[], qvision_tensor::DType::I64);
+    b.optional_param(
+        &format!("{p}.conv.bn.num_batches_tracked"),
+        &[],
+        qvision_tensor::DType::I64,
+    );
     b.param(&format!("{p}.fc1.weight"), &[1024, 2048]);
     b.param(&format!("{p}.fc1.bias"), &[1024]);
     b.param(&format!("{p}.fc2.weight"), &[num_classes, 1024]);
@@ -39,12 +53,33 @@ fn declare_aux(b: &mut GraphBuilder, p: &str, cin: usize, num_classes: usize) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn inception(b: &mut GraphBuilder, p: &str, x: ValueId, cin: usize, c1: usize, c3r: usize, c3: usize, c5r: usize, c5: usize, pp: usize) -> ValueId {
+fn inception(
+    b: &mut GraphBuilder,
+    p: &str,
+    x: ValueId,
+    cin: usize,
+    c1: usize,
+    c3r: usize,
+    c3: usize,
+    c5r: usize,
+    c5: usize,
+    pp: usize,
+) -> ValueId {
     let b1 = basic_conv(b, &format!("{p}.branch1"), x, Conv::new(cin, c1, 1));
     let b2 = basic_conv(b, &format!("{p}.branch2.0"), x, Conv::new(cin, c3r, 1));
-    let b2 = basic_conv(b, &format!("{p}.branch2.1"), b2, Conv::new(c3r, c3, 3).pad(1));
+    let b2 = basic_conv(
+        b,
+        &format!("{p}.branch2.1"),
+        b2,
+        Conv::new(c3r, c3, 3).pad(1),
+    );
     let b3 = basic_conv(b, &format!("{p}.branch3.0"), x, Conv::new(cin, c5r, 1));
-    let b3 = basic_conv(b, &format!("{p}.branch3.1"), b3, Conv::new(c5r, c5, 3).pad(1));
+    let b3 = basic_conv(
+        b,
+        &format!("{p}.branch3.1"),
+        b3,
+        Conv::new(c5r, c5, 3).pad(1),
+    );
     let b4 = b.max_pool(&format!("{p}.branch4.0"), x, pool(3, 1, 1, true));
     let b4 = basic_conv(b, &format!("{p}.branch4.1"), b4, Conv::new(cin, pp, 1));
     b.concat(&format!("{p}.cat"), &[b1, b2, b3, b4], 1)

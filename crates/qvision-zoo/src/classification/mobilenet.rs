@@ -17,7 +17,15 @@ fn v2(name: &str, opts: &ModelOptions) -> Graph {
     let mut b = GraphBuilder::new(name);
     let x = b.input("input", &[1, 3, 224, 224]);
     let mut x = conv_bn_act(&mut b, "features.0", x, 3, 32, 3, 2, 1, 1e-5, relu6);
-    let setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+    let setting = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ];
     let mut cin = 32;
     let mut idx = 1;
     for (t, c, n, s) in setting {
@@ -29,18 +37,59 @@ fn v2(name: &str, opts: &ModelOptions) -> Graph {
             let mut y = x;
             let mut j = 0;
             if t != 1 {
-                y = conv_bn_act(&mut b, &format!("{p}.0"), y, cin, hidden, 1, 1, 1, 1e-5, relu6);
+                y = conv_bn_act(
+                    &mut b,
+                    &format!("{p}.0"),
+                    y,
+                    cin,
+                    hidden,
+                    1,
+                    1,
+                    1,
+                    1e-5,
+                    relu6,
+                );
                 j += 1;
             }
-            y = conv_bn_act(&mut b, &format!("{p}.{j}"), y, hidden, hidden, 3, stride, hidden, 1e-5, relu6);
-            y = b.conv2d(&format!("{p}.{}", j + 1), y, Conv::new(hidden, cout, 1).bias(false));
+            y = conv_bn_act(
+                &mut b,
+                &format!("{p}.{j}"),
+                y,
+                hidden,
+                hidden,
+                3,
+                stride,
+                hidden,
+                1e-5,
+                relu6,
+            );
+            y = b.conv2d(
+                &format!("{p}.{}", j + 1),
+                y,
+                Conv::new(hidden, cout, 1).bias(false),
+            );
             y = b.batch_norm(&format!("{p}.{}", j + 2), y, cout);
-            x = if stride == 1 && cin == cout { b.add(&format!("features.{idx}.add"), x, y) } else { y };
+            x = if stride == 1 && cin == cout {
+                b.add(&format!("features.{idx}.add"), x, y)
+            } else {
+                y
+            };
             cin = cout;
             idx += 1;
         }
     }
-    let x = conv_bn_act(&mut b, &format!("features.{idx}"), x, cin, 1280, 1, 1, 1, 1e-5, relu6);
+    let x = conv_bn_act(
+        &mut b,
+        &format!("features.{idx}"),
+        x,
+        cin,
+        1280,
+        1,
+        1,
+        1,
+        1e-5,
+        relu6,
+    );
     let x = pool_flatten(&mut b, x);
     let x = b.dropout("classifier.0", x, 0.2);
     let x = b.linear("classifier.1", x, 1280, opts.num_classes, true);
@@ -102,22 +151,78 @@ fn v3(name: &str, opts: &ModelOptions) -> Graph {
         let mut y: ValueId = x;
         let mut j = 0;
         if exp != cin {
-            y = conv_bn_act(&mut b, &format!("{p}.0"), y, cin, exp, 1, 1, 1, eps, Some(act));
+            y = conv_bn_act(
+                &mut b,
+                &format!("{p}.0"),
+                y,
+                cin,
+                exp,
+                1,
+                1,
+                1,
+                eps,
+                Some(act),
+            );
             j += 1;
         }
-        y = conv_bn_act(&mut b, &format!("{p}.{j}"), y, exp, exp, k, stride, exp, eps, Some(act));
+        y = conv_bn_act(
+            &mut b,
+            &format!("{p}.{j}"),
+            y,
+            exp,
+            exp,
+            k,
+            stride,
+            exp,
+            eps,
+            Some(act),
+        );
         j += 1;
         if se {
             let sq = make_divisible((exp / 4) as f64, 8);
-            y = squeeze_excitation(&mut b, &format!("{p}.{j}"), y, exp, sq, Activation::Relu, Activation::Hardsigmoid);
+            y = squeeze_excitation(
+                &mut b,
+                &format!("{p}.{j}"),
+                y,
+                exp,
+                sq,
+                Activation::Relu,
+                Activation::Hardsigmoid,
+            );
             j += 1;
         }
-        y = conv_bn_act(&mut b, &format!("{p}.{j}"), y, exp, cout, 1, 1, 1, eps, None);
-        x = if stride == 1 && cin == cout { b.add(&format!("features.{}.add", i + 1), x, y) } else { y };
+        y = conv_bn_act(
+            &mut b,
+            &format!("{p}.{j}"),
+            y,
+            exp,
+            cout,
+            1,
+            1,
+            1,
+            eps,
+            None,
+        );
+        x = if stride == 1 && cin == cout {
+            b.add(&format!("features.{}.add", i + 1), x, y)
+        } else {
+            y
+        };
     }
     let last_in = blocks[blocks.len() - 1].3;
     let last_conv = 6 * last_in;
-    let x = conv_bn_act(&mut b, &format!("features.{}", blocks.len() + 1), x, last_in, last_conv, 1, 1, 1, eps, Some(hs));
+    let x = conv_bn_act(
+        &mut b,
+        &format!("features.{}", blocks.len() + 1),
+        x,
+        last_in,
+        last_conv,
+        1,
+        1,
+        1,
+        eps,
+        Some(hs),
+    );
     let x = pool_flatten(&mut b, x);
     let x = b.linear("classifier.0", x, last_conv, last_channel, true);
     let x = b.act("classifier.1", x, hs);

@@ -79,21 +79,77 @@ pub fn build(name: &str, opts: &ModelOptions) -> Graph {
     for (si, (width_out, depth, group_width)) in stages(&p).into_iter().enumerate() {
         for i in 0..depth {
             let pre = format!("trunk_output.block{}.block{}-{i}", si + 1, si + 1);
-            let (w_in, stride) = if i == 0 { (width_in, 2) } else { (width_out, 1) };
+            let (w_in, stride) = if i == 0 {
+                (width_in, 2)
+            } else {
+                (width_out, 1)
+            };
             let shortcut: ValueId = if w_in != width_out || stride != 1 {
-                conv_bn_act(&mut b, &format!("{pre}.proj"), x, w_in, width_out, 1, stride, 1, 1e-5, None)
+                conv_bn_act(
+                    &mut b,
+                    &format!("{pre}.proj"),
+                    x,
+                    w_in,
+                    width_out,
+                    1,
+                    stride,
+                    1,
+                    1e-5,
+                    None,
+                )
             } else {
                 x
             };
             let w_b = width_out;
             let groups = w_b / group_width;
-            let y = conv_bn_act(&mut b, &format!("{pre}.f.a"), x, w_in, w_b, 1, 1, 1, 1e-5, relu);
-            let mut y = conv_bn_act(&mut b, &format!("{pre}.f.b"), y, w_b, w_b, 3, stride, groups, 1e-5, relu);
+            let y = conv_bn_act(
+                &mut b,
+                &format!("{pre}.f.a"),
+                x,
+                w_in,
+                w_b,
+                1,
+                1,
+                1,
+                1e-5,
+                relu,
+            );
+            let mut y = conv_bn_act(
+                &mut b,
+                &format!("{pre}.f.b"),
+                y,
+                w_b,
+                w_b,
+                3,
+                stride,
+                groups,
+                1e-5,
+                relu,
+            );
             if let Some(r) = p.se_ratio {
                 let se = (r * w_in as f64).round_ties_even() as usize;
-                y = squeeze_excitation(&mut b, &format!("{pre}.f.se"), y, w_b, se, Activation::Relu, Activation::Sigmoid);
+                y = squeeze_excitation(
+                    &mut b,
+                    &format!("{pre}.f.se"),
+                    y,
+                    w_b,
+                    se,
+                    Activation::Relu,
+                    Activation::Sigmoid,
+                );
             }
-            let y = conv_bn_act(&mut b, &format!("{pre}.f.c"), y, w_b, width_out, 1, 1, 1, 1e-5, None);
+            let y = conv_bn_act(
+                &mut b,
+                &format!("{pre}.f.c"),
+                y,
+                w_b,
+                width_out,
+                1,
+                1,
+                1,
+                1e-5,
+                None,
+            );
             let y = b.add(&format!("{pre}.add"), shortcut, y);
             x = b.act(&format!("{pre}.activation"), y, Activation::Relu);
         }

@@ -50,26 +50,59 @@ pub fn build(name: &str, opts: &ModelOptions) -> Graph {
             let stride = if li > 0 && bi == 0 { 2 } else { 1 };
             let p = format!("layer{}.{}", li + 1, bi);
             let identity = if stride != 1 || inplanes != planes * expansion {
-                let d = b.conv2d(&format!("{p}.downsample.0"), x, Conv::new(inplanes, planes * expansion, 1).stride(stride).bias(false));
+                let d = b.conv2d(
+                    &format!("{p}.downsample.0"),
+                    x,
+                    Conv::new(inplanes, planes * expansion, 1)
+                        .stride(stride)
+                        .bias(false),
+                );
                 b.batch_norm(&format!("{p}.downsample.1"), d, planes * expansion)
             } else {
                 x
             };
             let y = if a.bottleneck {
                 let width = planes * a.width_per_group / 64 * a.groups;
-                let y = b.conv2d(&format!("{p}.conv1"), x, Conv::new(inplanes, width, 1).bias(false));
+                let y = b.conv2d(
+                    &format!("{p}.conv1"),
+                    x,
+                    Conv::new(inplanes, width, 1).bias(false),
+                );
                 let y = b.batch_norm(&format!("{p}.bn1"), y, width);
                 let y = b.act(&format!("{p}.relu"), y, relu);
-                let y = b.conv2d(&format!("{p}.conv2"), y, Conv::new(width, width, 3).stride(stride).pad(1).groups(a.groups).bias(false));
+                let y = b.conv2d(
+                    &format!("{p}.conv2"),
+                    y,
+                    Conv::new(width, width, 3)
+                        .stride(stride)
+                        .pad(1)
+                        .groups(a.groups)
+                        .bias(false),
+                );
                 let y = b.batch_norm(&format!("{p}.bn2"), y, width);
                 let y = b.act(&format!("{p}.relu"), y, relu);
-                let y = b.conv2d(&format!("{p}.conv3"), y, Conv::new(width, planes * 4, 1).bias(false));
+                let y = b.conv2d(
+                    &format!("{p}.conv3"),
+                    y,
+                    Conv::new(width, planes * 4, 1).bias(false),
+                );
                 b.batch_norm(&format!("{p}.bn3"), y, planes * 4)
             } else {
-                let y = b.conv2d(&format!("{p}.conv1"), x, Conv::new(inplanes, planes, 3).stride(stride).pad(1).bias(false));
+                let y = b.conv2d(
+                    &format!("{p}.conv1"),
+                    x,
+                    Conv::new(inplanes, planes, 3)
+                        .stride(stride)
+                        .pad(1)
+                        .bias(false),
+                );
                 let y = b.batch_norm(&format!("{p}.bn1"), y, planes);
                 let y = b.act(&format!("{p}.relu"), y, relu);
-                let y = b.conv2d(&format!("{p}.conv2"), y, Conv::new(planes, planes, 3).pad(1).bias(false));
+                let y = b.conv2d(
+                    &format!("{p}.conv2"),
+                    y,
+                    Conv::new(planes, planes, 3).pad(1).bias(false),
+                );
                 b.batch_norm(&format!("{p}.bn2"), y, planes)
             };
             let y = b.add(&format!("{p}.add"), y, identity);

@@ -4,13 +4,25 @@ use crate::ModelOptions;
 use qvision_graph::builder::{pool, Conv};
 use qvision_graph::{Activation, Graph, GraphBuilder, ValueId};
 
-fn fire(b: &mut GraphBuilder, name: &str, x: ValueId, cin: usize, squeeze: usize, e1: usize, e3: usize) -> ValueId {
+fn fire(
+    b: &mut GraphBuilder,
+    name: &str,
+    x: ValueId,
+    cin: usize,
+    squeeze: usize,
+    e1: usize,
+    e3: usize,
+) -> ValueId {
     let relu = Activation::Relu;
     let s = b.conv2d(&format!("{name}.squeeze"), x, Conv::new(cin, squeeze, 1));
     let s = b.act(&format!("{name}.squeeze_activation"), s, relu);
     let a = b.conv2d(&format!("{name}.expand1x1"), s, Conv::new(squeeze, e1, 1));
     let a = b.act(&format!("{name}.expand1x1_activation"), a, relu);
-    let c = b.conv2d(&format!("{name}.expand3x3"), s, Conv::new(squeeze, e3, 3).pad(1));
+    let c = b.conv2d(
+        &format!("{name}.expand3x3"),
+        s,
+        Conv::new(squeeze, e3, 3).pad(1),
+    );
     let c = b.act(&format!("{name}.expand3x3_activation"), c, relu);
     b.concat(&format!("{name}.cat"), &[a, c], 1)
 }
