@@ -172,13 +172,96 @@ def transforms():
         json.dump(out, f, indent=1)
 
 
+def weights():
+    """Tiny state dicts in every format qvision reads, with their expected contents."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = os.path.join(FIX, "weights")
+    os.makedirs(out, exist_ok=True)
+    conv = torch.from_numpy(formula_tensor("conv.weight", (4, 3, 3, 3)))
+    fc = torch.from_numpy(formula_tensor("fc.weight", (5, 4)))
+    sd = {
+        "conv.weight": conv,
+        "bn.running_var": torch.from_numpy(formula_tensor("bn.running_var", (4,))),
+        "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+        # a transposed (non-contiguous) view and a slice sharing one storage
+        "fc.weight": fc.t().contiguous().t(),
+        "fc.bias": fc[:, 0],
+        "half": torch.tensor([1.5, -2.0, 65504.0], dtype=torch.float16),
+        "double": torch.tensor([[0.25, -1e-3]], dtype=torch.float64),
+    }
+    torch.save(sd, os.path.join(out, "tiny_zip.pth"))
+    torch.save(sd, os.path.join(out, "tiny_legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": sd, "epoch": 3}, os.path.join(out, "tiny_checkpoint.pth"))
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out, "tiny.safetensors"))
+    expected = {k: {"shape": list(v.shape), "values": [float(x) for x in v.double().flatten().tolist()]} for k, v in sd.items()}
+    with open(os.path.join(out, "tiny_expected.json"), "w") as f:
+        json.dump(expected, f, indent=0)
+
+
+def preprocess():
+    """torchvision eval transforms on a lossless PNG, for bit-exact checks of resize/crop/normalize."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    out = os.path.join(FIX, "preprocess")
+    os.makedirs(out, exist_ok=True)
+    w, h = 150, 113
+    u = formula_uniform(fnv1a64("image"), w * h * 3).reshape(h, w, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255.0 / w, yy * 255.0 / h, (xx + yy) * 127.0 / (w + h)], axis=-1)
+    img = np.clip(base + u * 120, 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(os.path.join(out, "image.png"))
+    pil = Image.open(os.path.join(out, "image.png")).convert("RGB")
+    cases = []
+    for resize, crop, interp in [(80, 64, "bilinear"), (70, 64, "bicubic"), (64, 64, "bicubic"), (120, 100, "bilinear")]:
+        mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[interp]
+        t = ImageClassification(crop_size=crop, resize_size=resize, interpolation=mode)(pil)
+        cases.append({"resize": resize, "crop": crop, "interpolation": interp, "shape": list(t.shape),
+                      "values": [float(v) for v in t.flatten().tolist()]})
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(cases, f, separators=(",", ":"))
+
+
+def real(image_dir, weights_path):
+    """torchvision's top-5 for the official MobileNetV2 on foolbox's 20 ImageNet images."""
+    import glob
+
+    import torch
+    import torchvision
+    from PIL import Image
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(weights_path, map_location="cpu"))
+    model.eval()
+    tf = torchvision.models.MobileNet_V2_Weights.DEFAULT.transforms()
+    rows = []
+    for p in sorted(glob.glob(os.path.join(image_dir, "imagenet_*.jpg"))):
+        x = tf(Image.open(p).convert("RGB")).unsqueeze(0)
+        with torch.no_grad():
+            prob = model(x).softmax(-1)[0]
+        top = prob.topk(5)
+        rows.append({"image": os.path.basename(p), "label": int(os.path.basename(p).split("_")[2].split(".")[0]),
+                     "top5": [int(i) for i in top.indices], "prob": [float(v) for v in top.values]})
+    os.makedirs(os.path.join(FIX, "real"), exist_ok=True)
+    with open(os.path.join(FIX, "real", "mobilenet_v2_foolbox.json"), "w") as f:
+        json.dump({"transform": str(tf), "images": rows}, f, indent=1)
+    print(sum(r["top5"][0] == r["label"] for r in rows), "of", len(rows), "top-1 correct")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "parity"
     if cmd == "parity":
         parity(sys.argv[2:])
     elif cmd == "transforms":
         transforms()
+    elif cmd == "weights":
+        weights()
+    elif cmd == "preprocess":
+        preprocess()
+    elif cmd == "real":
+        real(sys.argv[2], sys.argv[3])
     else:
-        import make_fixtures_extra  # noqa: F401  (weights / preprocess / real, see below)
-
-        make_fixtures_extra.main(cmd, sys.argv[2:])
+        sys.exit(f"unknown command {cmd}")
