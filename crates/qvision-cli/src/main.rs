@@ -1,1 +1,39 @@
-fn main() {}
+//! `qvision`: list, run, benchmark (and soon quantize and export) vision models.
+
+mod bench;
+mod common;
+mod models;
+mod predict;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "qvision", version, about = "Quantization toolkit and int8 CPU runtime for vision CNNs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the model zoo with parameter counts and MACs.
+    Models(models::Args),
+    /// Classify images with a model and a torchvision weights file.
+    Predict(predict::Args),
+    /// Measure inference latency.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.cmd {
+        Command::Models(a) => models::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

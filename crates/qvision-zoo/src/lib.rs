@@ -83,3 +83,8 @@ pub struct Model {
     pub graph: Graph,
     pub load_report: Option<qvision_graph::weights::LoadReport>,
 }
+
+/// The 1000 ImageNet class names, in torchvision's order.
+pub fn imagenet_classes() -> Vec<&'static str> {
+    include_str!("imagenet_classes.txt").lines().collect()
+}
