@@ -45,6 +45,8 @@ pub struct Session {
     prepared: Vec<Prepared>,
     use_counts: Vec<usize>,
     pool: Option<rayon::ThreadPool>,
+    /// `QVISION_PROFILE=1`: print time per op kind after each run.
+    profile: bool,
 }
 
 impl Session {
@@ -75,6 +77,7 @@ impl Session {
             prepared,
             use_counts,
             pool,
+            profile: std::env::var_os("QVISION_PROFILE").is_some_and(|v| v != "0"),
         })
     }
 
@@ -104,9 +107,26 @@ impl Session {
             env[id.0] = Some(t);
         }
         let mut remaining = self.use_counts.clone();
+        let mut profile = self.profile.then(std::collections::BTreeMap::<String, (f64, usize)>::new);
         for (node, prep) in g.nodes.iter().zip(&self.prepared) {
+            let t0 = std::time::Instant::now();
             let outs = run_node(g, node, prep, &mut env, &remaining)
                 .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
+            if let Some(p) = profile.as_mut() {
+                let key = match (&node.op, prep) {
+                    (Op::Conv2d { params, .. }, _) => format!(
+                        "Conv2d k{}x{} s{} {}",
+                        params.kernel[0],
+                        params.kernel[1],
+                        params.stride[0],
+                        if params.groups == params.in_channels { "dw" } else if params.groups > 1 { "grouped" } else { "dense" }
+                    ),
+                    (op, _) => op.kind().to_string(),
+                };
+                let e = p.entry(key).or_insert((0.0, 0));
+                e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                e.1 += 1;
+            }
             for i in &node.inputs {
                 remaining[i.0] = remaining[i.0].saturating_sub(1);
                 if remaining[i.0] == 0
@@ -120,6 +140,15 @@ impl Session {
             }
             for (o, t) in node.outputs.iter().zip(outs) {
                 env[o.0] = Some(t);
+            }
+        }
+        if let Some(p) = profile {
+            let total: f64 = p.values().map(|v| v.0).sum();
+            let mut rows: Vec<_> = p.into_iter().collect();
+            rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            eprintln!("profile of {} ({total:.2} ms):", g.name);
+            for (k, (ms, n)) in rows {
+                eprintln!("  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}%", 100.0 * ms / total);
             }
         }
         g.outputs
