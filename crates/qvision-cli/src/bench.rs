@@ -48,7 +48,10 @@ struct Report {
 
 pub fn run(a: Args) -> Result<()> {
     if a.precision != "fp32" {
-        anyhow::bail!("--precision {}: only fp32 is available until the quantization work lands", a.precision);
+        anyhow::bail!(
+            "--precision {}: only fp32 is available until the quantization work lands",
+            a.precision
+        );
     }
     if a.iters == 0 || a.batch == 0 {
         anyhow::bail!("--iters and --batch must be at least 1");
@@ -58,7 +61,13 @@ pub fn run(a: Args) -> Result<()> {
         weights::init_formula(&mut model.graph);
     }
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
-    let session = Session::new(&model.graph, SessionOptions { threads: Some(threads), ..Default::default() })?;
+    let session = Session::new(
+        &model.graph,
+        SessionOptions {
+            threads: Some(threads),
+            ..Default::default()
+        },
+    )?;
     let size = a.size.unwrap_or(model.info.transform.crop);
     let shape = vec![a.batch, 3, size, size];
     let n: usize = shape.iter().product();

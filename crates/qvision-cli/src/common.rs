@@ -29,14 +29,21 @@ pub fn build_model(name: &str, weights: Option<&Path>, strict: bool) -> Result<M
             eprintln!("warning: {name}: unexpected key '{k}' ignored");
         }
         if !r.missing.is_empty() {
-            anyhow::bail!("{name}: {} parameters have no value; cannot run", r.missing.len());
+            anyhow::bail!(
+                "{name}: {} parameters have no value; cannot run",
+                r.missing.len()
+            );
         }
     }
     Ok(model)
 }
 
 /// The model's default eval transform, with optional overrides.
-pub fn eval_transform(info: &ModelInfo, resize: Option<usize>, crop: Option<usize>) -> EvalTransform {
+pub fn eval_transform(
+    info: &ModelInfo,
+    resize: Option<usize>,
+    crop: Option<usize>,
+) -> EvalTransform {
     let t = info.transform;
     EvalTransform {
         resize: resize.unwrap_or(t.resize),

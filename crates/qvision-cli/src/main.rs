@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "qvision", version, about = "Quantization toolkit and int8 CPU runtime for vision CNNs")]
+#[command(
+    name = "qvision",
+    version,
+    about = "Quantization toolkit and int8 CPU runtime for vision CNNs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,

@@ -2,9 +2,9 @@
 
 use crate::common::emit;
 use anyhow::Result;
-use std::fmt::Write;
 use qvision_graph::exec::count_macs;
 use qvision_zoo::{models, ModelOptions};
+use std::fmt::Write;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,7 +54,11 @@ pub fn run(a: Args) -> Result<()> {
         return emit(&(serde_json::to_string_pretty(&rows)? + "\n"));
     }
     let mut s = String::new();
-    writeln!(s, "{:<22} {:<13} {:<15} {:>10} {:>9} {:>6}", "model", "family", "task", "params(M)", "GMACs", "input")?;
+    writeln!(
+        s,
+        "{:<22} {:<13} {:<15} {:>10} {:>9} {:>6}",
+        "model", "family", "task", "params(M)", "GMACs", "input"
+    )?;
     for r in &rows {
         writeln!(
             s,

@@ -1,12 +1,12 @@
 //! `qvision predict`.
 
 use crate::common::{build_model, emit, eval_transform};
-use std::fmt::Write;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use qvision_graph::{Session, SessionOptions};
 use qvision_io::image_io::load_rgb;
 use qvision_kernels::elementwise::softmax_rows;
+use std::fmt::Write;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -55,11 +55,19 @@ struct Prediction {
 pub fn run(a: Args) -> Result<()> {
     let model = build_model(&a.model, Some(&a.weights), !a.non_strict)?;
     let transform = eval_transform(model.info, a.resize, a.crop);
-    let session = Session::new(&model.graph, SessionOptions { threads: a.threads, ..Default::default() })?;
+    let session = Session::new(
+        &model.graph,
+        SessionOptions {
+            threads: a.threads,
+            ..Default::default()
+        },
+    )?;
     let classes = qvision_zoo::imagenet_classes();
     let bar = if !a.json && std::io::stderr().is_terminal() && a.images.len() > 1 {
         let b = ProgressBar::new(a.images.len() as u64);
-        b.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
+        );
         b
     } else {
         ProgressBar::hidden()
@@ -71,7 +79,9 @@ pub fn run(a: Args) -> Result<()> {
         let x = transform.apply(&img);
         let shape = [1, 3, transform.crop, transform.crop].to_vec();
         let x = x.reshape(shape)?;
-        let y = session.run(vec![x]).with_context(|| format!("running {} on {}", a.model, path.display()))?;
+        let y = session
+            .run(vec![x])
+            .with_context(|| format!("running {} on {}", a.model, path.display()))?;
         let mut logits = y[0].as_f32()?.to_vec();
         let n = logits.len();
         softmax_rows(&mut logits, n);
@@ -79,7 +89,14 @@ pub fn run(a: Args) -> Result<()> {
         idx.sort_by(|&i, &j| logits[j].total_cmp(&logits[i]));
         out.push(Prediction {
             image: path.display().to_string(),
-            top: idx.iter().take(a.topk).map(|&i| Top { index: i, prob: logits[i] }).collect(),
+            top: idx
+                .iter()
+                .take(a.topk)
+                .map(|&i| Top {
+                    index: i,
+                    prob: logits[i],
+                })
+                .collect(),
         });
         bar.inc(1);
     }
@@ -92,7 +109,14 @@ pub fn run(a: Args) -> Result<()> {
         writeln!(s, "{}", p.image)?;
         for (rank, t) in p.top.iter().enumerate() {
             let name = classes.get(t.index).copied().unwrap_or("?");
-            writeln!(s, "  {}. {:>5.1}%  {:>4}  {}", rank + 1, t.prob * 100.0, t.index, name)?;
+            writeln!(
+                s,
+                "  {}. {:>5.1}%  {:>4}  {}",
+                rank + 1,
+                t.prob * 100.0,
+                t.index,
+                name
+            )?;
         }
     }
     emit(&s)

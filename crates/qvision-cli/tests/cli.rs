@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn qvision(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qvision")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_qvision"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -23,8 +26,24 @@ fn models_lists_the_whole_classification_zoo() {
 
 #[test]
 fn bench_json_has_the_documented_keys() {
-    let out = qvision(&["bench", "squeezenet1_1", "--json", "--threads", "1", "--size", "64", "--warmup", "1", "--iters", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = qvision(&[
+        "bench",
+        "squeezenet1_1",
+        "--json",
+        "--threads",
+        "1",
+        "--size",
+        "64",
+        "--warmup",
+        "1",
+        "--iters",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for k in ["model", "threads", "batch", "fp32_ms"] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
@@ -42,16 +61,33 @@ fn bad_input_gets_clear_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     let junk = dir.join("junk.pth");
     std::fs::write(&junk, b"PK\x03\x04 not really a zip").unwrap();
-    let out = qvision(&["predict", "resnet18", "--weights", junk.to_str().unwrap(), "a.jpg"]);
+    let out = qvision(&[
+        "predict",
+        "resnet18",
+        "--weights",
+        junk.to_str().unwrap(),
+        "a.jpg",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("junk.pth"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
     // weights of another model: every mismatch named
-    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/weights/tiny_zip.pth");
-    let out = qvision(&["predict", "resnet18", "--weights", fx.to_str().unwrap(), "a.jpg"]);
+    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/weights/tiny_zip.pth");
+    let out = qvision(&[
+        "predict",
+        "resnet18",
+        "--weights",
+        fx.to_str().unwrap(),
+        "a.jpg",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing key 'layer1.0.conv1.weight'") && err.contains("unexpected key 'half'"), "{err}");
+    assert!(
+        err.contains("missing key 'layer1.0.conv1.weight'")
+            && err.contains("unexpected key 'half'"),
+        "{err}"
+    );
 
     let out = qvision(&["bench", "resnet18", "--precision", "int4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--precision int4"));

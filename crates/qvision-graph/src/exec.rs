@@ -107,7 +107,9 @@ impl Session {
             env[id.0] = Some(t);
         }
         let mut remaining = self.use_counts.clone();
-        let mut profile = self.profile.then(std::collections::BTreeMap::<String, (f64, usize)>::new);
+        let mut profile = self
+            .profile
+            .then(std::collections::BTreeMap::<String, (f64, usize)>::new);
         for (node, prep) in g.nodes.iter().zip(&self.prepared) {
             let t0 = std::time::Instant::now();
             let outs = run_node(g, node, prep, &mut env, &remaining)
@@ -119,7 +121,13 @@ impl Session {
                         params.kernel[0],
                         params.kernel[1],
                         params.stride[0],
-                        if params.groups == params.in_channels { "dw" } else if params.groups > 1 { "grouped" } else { "dense" }
+                        if params.groups == params.in_channels {
+                            "dw"
+                        } else if params.groups > 1 {
+                            "grouped"
+                        } else {
+                            "dense"
+                        }
                     ),
                     (op, _) => op.kind().to_string(),
                 };
@@ -148,7 +156,10 @@ impl Session {
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             eprintln!("profile of {} ({total:.2} ms):", g.name);
             for (k, (ms, n)) in rows {
-                eprintln!("  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}%", 100.0 * ms / total);
+                eprintln!(
+                    "  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}%",
+                    100.0 * ms / total
+                );
             }
         }
         g.outputs

@@ -293,7 +293,7 @@ pub fn reshape_target(input: &[usize], shape: &[i64]) -> Result<Vec<usize>, Stri
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {shape:?}"));
         }
         out[i] = total / known;

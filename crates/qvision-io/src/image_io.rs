@@ -14,9 +14,16 @@ pub struct RgbImage {
 impl RgbImage {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self, IoError> {
         if data.len() != width * height * 3 {
-            return Err(IoError::bad(format!("{} bytes are not a {width}x{height} RGB image", data.len())));
+            return Err(IoError::bad(format!(
+                "{} bytes are not a {width}x{height} RGB image",
+                data.len()
+            )));
         }
-        Ok(RgbImage { width, height, data })
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
     }
 }
 
@@ -31,7 +38,10 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, IoError> {
 /// IDCT and upsampling PIL uses), so pixels equal what torchvision sees.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, IoError> {
     if bytes.starts_with(&[0xFF, 0xD8]) {
-        let end = bytes.iter().rposition(|&b| b != 0 && b != b'\n' && b != b'\r').unwrap_or(0);
+        let end = bytes
+            .iter()
+            .rposition(|&b| b != 0 && b != b'\n' && b != b'\r')
+            .unwrap_or(0);
         if end < 1 || bytes[end - 1..=end] != [0xFF, 0xD9] {
             return Err(IoError::bad("JPEG is truncated (no end-of-image marker)"));
         }
@@ -53,14 +63,17 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<Result<RgbImage, IoError>> {
         Ok((w, h, data))
     });
     match result {
-        Ok(Ok((w, h, data))) if w > 0 && h > 0 && data.len() == w * h * 3 => Some(RgbImage::new(w, h, data)),
+        Ok(Ok((w, h, data))) if w > 0 && h > 0 && data.len() == w * h * 3 => {
+            Some(RgbImage::new(w, h, data))
+        }
         Ok(Ok(_)) => Some(Err(IoError::bad("JPEG decoded to an unexpected size"))),
         Ok(Err(_)) | Err(_) => None,
     }
 }
 
 fn decode_generic(bytes: &[u8]) -> Result<RgbImage, IoError> {
-    let img = image::load_from_memory(bytes).map_err(|e| IoError::bad(format!("cannot decode image: {e}")))?;
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| IoError::bad(format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {

@@ -82,7 +82,11 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel, the first input index,
 /// the tap count and fixed-point weights.
-fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+fn coeffs(
+    in_size: usize,
+    out_size: usize,
+    filter: Filter,
+) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -97,15 +101,19 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> (Vec<(usize, usize
         let xmax = ((center + support + 0.5) as isize).min(in_size as isize) as usize;
         let n = xmax.saturating_sub(xmin);
         let mut ww = 0.0;
-        for x in 0..n {
+        for (x, kx) in k.iter_mut().enumerate().take(n) {
             let w = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
-            k[x] = w;
+            *kx = w;
             ww += w;
         }
         for x in 0..n {
             let v = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            kk[xx * ksize + x] = if v < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -129,7 +137,11 @@ pub fn resize(img: &RgbImage, out_w: usize, out_h: usize, filter: Filter) -> Rgb
     let mut vbounds = vb.clone();
     if need_h {
         let first = if need_v { vb[0].0 } else { 0 };
-        let last = if need_v { vb[out_h - 1].0 + vb[out_h - 1].1 } else { in_h };
+        let last = if need_v {
+            vb[out_h - 1].0 + vb[out_h - 1].1
+        } else {
+            in_h
+        };
         for b in vbounds.iter_mut() {
             b.0 -= first;
         }
@@ -190,15 +202,20 @@ pub fn center_crop(img: &RgbImage, crop_w: usize, crop_h: usize) -> RgbImage {
     let img = if crop_w > img.width || crop_h > img.height {
         let pl = crop_w.saturating_sub(img.width) / 2;
         let pt = crop_h.saturating_sub(img.height) / 2;
-        let pr = (crop_w.saturating_sub(img.width) + 1) / 2;
-        let pb = (crop_h.saturating_sub(img.height) + 1) / 2;
+        let pr = crop_w.saturating_sub(img.width).div_ceil(2);
+        let pb = crop_h.saturating_sub(img.height).div_ceil(2);
         let (w, h) = (img.width + pl + pr, img.height + pt + pb);
         let mut data = vec![0u8; w * h * 3];
         for y in 0..img.height {
             let dst = ((y + pt) * w + pl) * 3;
-            data[dst..dst + img.width * 3].copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
+            data[dst..dst + img.width * 3]
+                .copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
         }
-        RgbImage { width: w, height: h, data }
+        RgbImage {
+            width: w,
+            height: h,
+            data,
+        }
     } else {
         img.clone()
     };
@@ -206,7 +223,9 @@ pub fn center_crop(img: &RgbImage, crop_w: usize, crop_h: usize) -> RgbImage {
     let left = ((img.width - crop_w) as f64 / 2.0).round_ties_even() as usize;
     let mut data = Vec::with_capacity(crop_w * crop_h * 3);
     for y in top..top + crop_h {
-        data.extend_from_slice(&img.data[(y * img.width + left) * 3..(y * img.width + left + crop_w) * 3]);
+        data.extend_from_slice(
+            &img.data[(y * img.width + left) * 3..(y * img.width + left + crop_w) * 3],
+        );
     }
     RgbImage {
         width: crop_w,
@@ -258,7 +277,10 @@ mod tests {
         // (5 - 2) / 2 = 1.5 -> 2; (7 - 2) / 2 = 2.5 -> 2
         let img = RgbImage::new(7, 5, (0..105).map(|v| v as u8).collect()).unwrap();
         let c = center_crop(&img, 2, 2);
-        assert_eq!(&c.data[..3], &img.data[(2 * 7 + 2) * 3..(2 * 7 + 2) * 3 + 3]);
+        assert_eq!(
+            &c.data[..3],
+            &img.data[(2 * 7 + 2) * 3..(2 * 7 + 2) * 3 + 3]
+        );
     }
 
     #[test]

@@ -11,14 +11,25 @@ fn dir() -> PathBuf {
 
 fn check(sd: &StateDict) {
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join("tiny_expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir().join("tiny_expected.json")).unwrap())
+            .unwrap();
     let exp = expected.as_object().unwrap();
     assert_eq!(sd.len(), exp.len());
     for (name, t) in sd {
         let e = &exp[name];
-        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(t.shape(), shape.as_slice(), "{name}");
-        let want: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = e["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let got: Vec<f64> = match t.data() {
             Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
@@ -59,7 +70,9 @@ fn truncated_and_garbage_files_are_clear_errors() {
         for frac in [0.1, 0.5, 0.9, 0.99] {
             let p = tmp.join(format!("cut_{f}"));
             std::fs::write(&p, &bytes[..(bytes.len() as f64 * frac) as usize]).unwrap();
-            let err = load_state_dict(&p).expect_err("truncated file must not load").to_string();
+            let err = load_state_dict(&p)
+                .expect_err("truncated file must not load")
+                .to_string();
             assert!(err.contains("cut_"), "error names the file: {err}");
         }
     }
@@ -67,7 +80,9 @@ fn truncated_and_garbage_files_are_clear_errors() {
     std::fs::write(&p, "hello").unwrap();
     let err = load_state_dict(&p).unwrap_err().to_string();
     assert!(err.contains("not a weights file"), "{err}");
-    let err = load_state_dict(&tmp.join("missing.pth")).unwrap_err().to_string();
+    let err = load_state_dict(&tmp.join("missing.pth"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing.pth"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
@@ -76,7 +91,11 @@ fn truncated_and_garbage_files_are_clear_errors() {
 fn pickles_that_call_code_are_refused() {
     // A legacy-style file whose payload calls os.system: the reader must refuse, not run it.
     let tmp = std::env::temp_dir().join(format!("qv-evil-{}.pth", std::process::id()));
-    std::fs::write(&tmp, b"\x80\x02cos\nsystem\nX\x0b\x00\x00\x00touch /tmp/x\x85R.").unwrap();
+    std::fs::write(
+        &tmp,
+        b"\x80\x02cos\nsystem\nX\x0b\x00\x00\x00touch /tmp/x\x85R.",
+    )
+    .unwrap();
     let err = load_state_dict(&tmp).unwrap_err().to_string();
     assert!(err.contains("os.system") || err.contains("magic"), "{err}");
     std::fs::remove_file(&tmp).unwrap();

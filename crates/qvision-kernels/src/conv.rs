@@ -52,8 +52,8 @@ impl Conv2dParams {
 
     pub fn validate(&self) -> Result<(), KernelError> {
         if self.groups == 0
-            || self.in_channels % self.groups != 0
-            || self.out_channels % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
             || self.kernel.contains(&0)
             || self.stride.contains(&0)
             || self.dilation.contains(&0)

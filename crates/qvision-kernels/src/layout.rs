@@ -47,13 +47,16 @@ pub fn concat<T: Copy>(
     Ok((out, shape))
 }
 
+/// Data with its shape.
+pub type Shaped<T> = (Vec<T>, Vec<usize>);
+
 /// Split along `axis` into pieces of the given sizes.
 pub fn split<T: Copy>(
     x: &[T],
     shape: &[usize],
     axis: usize,
     sizes: &[usize],
-) -> Result<Vec<(Vec<T>, Vec<usize>)>, KernelError> {
+) -> Result<Vec<Shaped<T>>, KernelError> {
     if axis >= shape.len() || sizes.iter().sum::<usize>() != shape[axis] {
         return Err(shape_err(
             "split",
@@ -144,7 +147,7 @@ pub fn channel_shuffle<T: Copy>(
     hw: usize,
     groups: usize,
 ) -> Result<Vec<T>, KernelError> {
-    if groups == 0 || c % groups != 0 || x.len() != n * c * hw {
+    if groups == 0 || !c.is_multiple_of(groups) || x.len() != n * c * hw {
         return Err(shape_err(
             "channel_shuffle",
             format!("{c} channels do not split into {groups} groups"),

@@ -64,7 +64,7 @@ pub fn layer_norm(
     beta: &[f32],
     eps: f32,
 ) -> Result<(), KernelError> {
-    if len == 0 || x.len() % len != 0 || gamma.len() != len || beta.len() != len {
+    if len == 0 || !x.len().is_multiple_of(len) || gamma.len() != len || beta.len() != len {
         return Err(shape_err(
             "layer_norm",
             format!("normalised size {len} does not match the input or affine"),
