@@ -227,7 +227,12 @@ impl GraphBuilder {
             dilation: c.dilation,
             groups: c.groups,
         };
-        self.node1(name, Op::Conv2d { params, act: None }, &ins)
+        let op = Op::Conv2d {
+            params,
+            act: None,
+            residual: false,
+        };
+        self.node1(name, op, &ins)
     }
 
     /// `nn.BatchNorm2d(c)` with eps 1e-5.

@@ -5,10 +5,10 @@ use crate::ir::{Graph, ValueId, ValueKind};
 use crate::op::Op;
 use crate::{passes, GraphError};
 use qvision_kernels::conv::PreparedConv;
-use qvision_kernels::elementwise::{binary, softmax_rows};
+use qvision_kernels::elementwise::{binary, binary_in_place, softmax_rows, BinaryOp};
 use qvision_kernels::gemm::{self, Bias, Lhs};
 use qvision_kernels::{layout, norm, pool};
-use qvision_tensor::Tensor;
+use qvision_tensor::{pool as buffers, Tensor};
 
 /// How to build a [`Session`].
 #[derive(Clone, Debug)]
@@ -143,7 +143,11 @@ impl Session {
                         ValueKind::NodeOutput { .. } | ValueKind::Input
                     )
                 {
-                    env[i.0] = None;
+                    if let Some(t) = env[i.0].take() {
+                        if let Ok(v) = t.into_f32() {
+                            buffers::recycle(v);
+                        }
+                    }
                 }
             }
             for (o, t) in node.outputs.iter().zip(outs) {
@@ -183,9 +187,18 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
         })
     };
     Ok(match &n.op {
-        Op::Conv2d { params, act } => {
+        Op::Conv2d {
+            params,
+            act,
+            residual,
+        } => {
             let w = f32_of(n.inputs[1])?;
-            let b = n.inputs.get(2).map(|&b| f32_of(b)).transpose()?;
+            let has_bias = n.inputs.len() == 3 + *residual as usize;
+            let b = if has_bias {
+                Some(f32_of(n.inputs[2])?)
+            } else {
+                None
+            };
             Prepared::Conv(
                 PreparedConv::new(*params, w, b, *act)
                     .map_err(|e| GraphError::from_kernel(&n.name, "Conv2d", e))?,
@@ -267,17 +280,40 @@ fn run_node(
     let ke = |e: qvision_kernels::KernelError| e.to_string();
     let one = |t: Tensor| Ok(vec![t]);
     match (&node.op, prep) {
-        (Op::Conv2d { .. }, Prepared::Conv(conv)) => {
+        (Op::Conv2d { residual, act, .. }, Prepared::Conv(conv)) => {
             let x = fetch(g, env, ins[0])?;
             let [n, c, h, w] = nchw(x)?;
-            if c != conv.params().in_channels {
+            let p = conv.params();
+            if c != p.in_channels {
                 return Err(format!(
                     "input has {c} channels, conv expects {}",
-                    conv.params().in_channels
+                    p.in_channels
                 ));
             }
-            let (y, oh, ow) = conv.run(f32s(x)?, n, h, w).map_err(ke)?;
-            one(tensor(vec![n, conv.params().out_channels, oh, ow], y)?)
+            let (oh, ow) = p.output_size(h, w).map_err(ke)?;
+            let shape = vec![n, p.out_channels, oh, ow];
+            let res = if *residual {
+                Some(fetch(g, env, ins[ins.len() - 1])?)
+            } else {
+                None
+            };
+            let y = match res {
+                Some(r) if r.shape() != shape.as_slice() => {
+                    // broadcasting residual: conv, then add, then act
+                    let (y, _, _) = conv.run_with(f32s(x)?, n, h, w, None, None).map_err(ke)?;
+                    let (mut y, _) =
+                        binary(BinaryOp::Add, &y, &shape, f32s(r)?, r.shape()).map_err(ke)?;
+                    if let Some(a) = act {
+                        a.apply(&mut y);
+                    }
+                    y
+                }
+                r => {
+                    let r = r.map(f32s).transpose()?;
+                    conv.run_with(f32s(x)?, n, h, w, r, *act).map_err(ke)?.0
+                }
+            };
+            one(tensor(shape, y)?)
         }
         (Op::Linear { act }, Prepared::Linear { wt, out, bias }) => {
             let x = fetch(g, env, ins[0])?;
@@ -286,7 +322,7 @@ fn run_node(
                 return Err(format!("input shape {:?} does not end in {inn}", x.shape()));
             }
             let rows = x.numel() / inn;
-            let mut y = vec![0.0f32; rows * out];
+            let mut y = buffers::take(rows * out);
             gemm::matmul(
                 &mut y,
                 Lhs::Plain {
@@ -370,6 +406,17 @@ fn run_node(
             one(tensor(vec![n, c, output[0], output[1]], y)?)
         }
         (Op::Binary(op), _) => {
+            // reuse a dying left operand of the output's shape
+            if remaining[ins[0].0] == 1 && ins[0] != ins[1] && env[ins[0].0].is_some() {
+                let same = fetch(g, env, ins[0])?.shape() == fetch(g, env, ins[1])?.shape();
+                if same {
+                    let mut a = take(g, env, remaining, ins[0])?;
+                    let b = fetch(g, env, ins[1])?;
+                    binary_in_place(*op, a.as_f32_mut().map_err(|e| e.to_string())?, f32s(b)?)
+                        .map_err(ke)?;
+                    return one(a);
+                }
+            }
             let a = fetch(g, env, ins[0])?;
             let b = fetch(g, env, ins[1])?;
             let (y, shape) = binary(*op, f32s(a)?, a.shape(), f32s(b)?, b.shape()).map_err(ke)?;
@@ -529,6 +576,44 @@ mod tests {
             count_macs(&g, &[vec![1, 3, 9, 9]]).unwrap(),
             8 * 25 * 27 + 8 * 25 * 9 + 72 * 5
         );
+    }
+
+    /// `y = conv_bn(x); z = conv_bn(conv_bn(y)); y + z`: y's conv has two readers after BN
+    /// folding, so only z's conv may take the residual.
+    #[test]
+    fn residual_fusion_respects_readers_after_folding() {
+        let mut b = GraphBuilder::new("inverted-residual");
+        let x = b.input("input", &[1, 4, 6, 6]);
+        let y = b.conv2d("c1", x, Conv::new(4, 8, 3).pad(1).bias(false));
+        let y = b.batch_norm("bn1", y, 8);
+        let z = b.conv2d("c2", y, Conv::new(8, 8, 1).bias(false));
+        let z = b.batch_norm("bn2", z, 8);
+        let z = b.act("relu", z, Activation::Relu6);
+        let z = b.conv2d("c3", z, Conv::new(8, 8, 1).bias(false));
+        let z = b.batch_norm("bn3", z, 8);
+        let out = b.add("add", y, z);
+        let mut g = b.finish(&[out]);
+        weights::init_formula(&mut g);
+        let x = Tensor::from_f32(
+            vec![1, 4, 6, 6],
+            qvision_kernels::reference::pseudo_random(144, 2),
+        )
+        .unwrap();
+        let plain = Session::new(
+            &g,
+            SessionOptions {
+                optimize: false,
+                threads: Some(1),
+            },
+        )
+        .unwrap();
+        let opt = Session::new(&g, SessionOptions::default()).unwrap();
+        assert_eq!(opt.graph().nodes.len(), 3, "bn folded, relu6 and add fused");
+        let a = plain.run(vec![x.clone()]).unwrap();
+        let b = opt.run(vec![x]).unwrap();
+        for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
+            assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
+        }
     }
 
     #[test]

@@ -8,10 +8,12 @@ use qvision_kernels::Activation;
 /// An operation and its attributes. Input order is given per variant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// `[x, weight, bias?]`, NCHW; `act` is a fused activation (set by [`crate::passes`]).
+    /// `[x, weight, bias?, residual?]`, NCHW. `act` is a fused activation and `residual` a fused
+    /// residual add (`act(conv(x) + bias + residual)`), both set by [`crate::passes`].
     Conv2d {
         params: Conv2dParams,
         act: Option<Activation>,
+        residual: bool,
     },
     /// Inference BatchNorm2d: `[x, weight, bias, running_mean, running_var]`.
     BatchNorm2d {
@@ -329,6 +331,7 @@ mod tests {
         let op = Op::Conv2d {
             params: p,
             act: None,
+            residual: false,
         };
         let outs = op
             .infer_shapes(&[&[1, 3, 224, 224], &[64, 3, 7, 7]])

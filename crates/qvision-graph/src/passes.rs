@@ -7,24 +7,33 @@
 use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
 use crate::op::Op;
 use crate::GraphError;
+use qvision_kernels::elementwise::BinaryOp;
 use qvision_kernels::norm::batch_norm_affine;
 use qvision_tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
 /// Fold BN, fuse activations, drop Dropout; unused tensors are dropped from the result.
 pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
-    let uses = g.use_counts();
+    let mut uses = g.use_counts();
     let mut out = Graph {
         name: g.name.clone(),
         values: g.values.clone(),
-        nodes: Vec::with_capacity(g.nodes.len()),
+        nodes: vec![],
         inputs: g.inputs.clone(),
         outputs: vec![],
         tensors: HashMap::new(),
     };
+    // Rewritten nodes; a fused-away or moved node leaves a hole.
+    let mut nodes: Vec<Option<Node>> = Vec::with_capacity(g.nodes.len());
     let mut alias: HashMap<ValueId, ValueId> = HashMap::new();
     let mut producer: HashMap<ValueId, usize> = HashMap::new();
     let mut new_tensors: HashMap<ValueId, Tensor> = HashMap::new();
+    // Replace `from` by `to` everywhere: `to` loses the reader being removed and gains `from`'s.
+    let redirect =
+        |alias: &mut HashMap<ValueId, ValueId>, uses: &mut [usize], from: ValueId, to: ValueId| {
+            alias.insert(from, to);
+            uses[to.0] = uses[to.0] - 1 + uses[from.0];
+        };
     let resolve = |alias: &HashMap<ValueId, ValueId>, mut v: ValueId| {
         while let Some(&a) = alias.get(&v) {
             v = a;
@@ -34,15 +43,31 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
     for node in &g.nodes {
         let inputs: Vec<ValueId> = node.inputs.iter().map(|&i| resolve(&alias, i)).collect();
         let single_use_producer = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
+        let plain_conv = |n: &Option<Node>| {
+            matches!(
+                n,
+                Some(Node {
+                    op: Op::Conv2d {
+                        act: None,
+                        residual: false,
+                        ..
+                    },
+                    ..
+                })
+            )
+        };
         match &node.op {
             Op::Dropout { .. } => {
-                alias.insert(node.outputs[0], inputs[0]);
+                redirect(&mut alias, &mut uses, node.outputs[0], inputs[0]);
                 continue;
             }
             Op::BatchNorm2d { eps } => {
                 if let Some(p) = single_use_producer(inputs[0]) {
-                    if let Some((w, b)) = fold_bn(g, &new_tensors, &out.nodes[p], &inputs, *eps) {
-                        let conv = &mut out.nodes[p];
+                    let folded = nodes[p]
+                        .as_ref()
+                        .and_then(|c| fold_bn(g, &new_tensors, c, &inputs, *eps));
+                    if let Some((w, b)) = folded {
+                        let conv = nodes[p].as_mut().expect("producer exists");
                         let wid = push_const(
                             &mut out.values,
                             &format!("{}.weight(bn-folded)", conv.name),
@@ -57,35 +82,55 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
                         conv.inputs.extend([wid, bid]);
                         new_tensors.insert(wid, w);
                         new_tensors.insert(bid, b);
-                        alias.insert(node.outputs[0], inputs[0]);
+                        redirect(&mut alias, &mut uses, node.outputs[0], inputs[0]);
                         continue;
                     }
                 }
             }
             Op::Act(a) => {
-                if let Some(p) = single_use_producer(inputs[0]) {
-                    match &mut out.nodes[p].op {
+                if let Some(Some(n)) = single_use_producer(inputs[0]).map(|p| nodes[p].as_mut()) {
+                    match &mut n.op {
                         Op::Conv2d { act, .. } | Op::Linear { act } if act.is_none() => {
                             *act = Some(*a);
-                            alias.insert(node.outputs[0], inputs[0]);
+                            redirect(&mut alias, &mut uses, node.outputs[0], inputs[0]);
                             continue;
                         }
                         _ => {}
                     }
                 }
             }
+            Op::Binary(BinaryOp::Add) => {
+                // conv(x) + r -> conv with a residual epilogue, moved here so r is ready.
+                let fusable = [(0, 1), (1, 0)].into_iter().find_map(|(c, r)| {
+                    single_use_producer(inputs[c])
+                        .filter(|&p| plain_conv(&nodes[p]))
+                        .map(|p| (p, c, r))
+                });
+                if let Some((p, c, r)) = fusable {
+                    let mut conv = nodes[p].take().expect("producer exists");
+                    conv.inputs.push(inputs[r]);
+                    if let Op::Conv2d { residual, .. } = &mut conv.op {
+                        *residual = true;
+                    }
+                    producer.insert(inputs[c], nodes.len());
+                    nodes.push(Some(conv));
+                    redirect(&mut alias, &mut uses, node.outputs[0], inputs[c]);
+                    continue;
+                }
+            }
             _ => {}
         }
         for o in &node.outputs {
-            producer.insert(*o, out.nodes.len());
+            producer.insert(*o, nodes.len());
         }
-        out.nodes.push(Node {
+        nodes.push(Some(Node {
             name: node.name.clone(),
             op: node.op.clone(),
             inputs,
             outputs: node.outputs.clone(),
-        });
+        }));
     }
+    out.nodes = nodes.into_iter().flatten().collect();
     out.outputs = g.outputs.iter().map(|&o| resolve(&alias, o)).collect();
     for (i, n) in out.nodes.iter().enumerate() {
         for (index, o) in n.outputs.iter().enumerate() {
@@ -130,7 +175,12 @@ fn fold_bn(
     bn_inputs: &[ValueId],
     eps: f32,
 ) -> Option<(Tensor, Tensor)> {
-    let Op::Conv2d { params, act: None } = &conv.op else {
+    let Op::Conv2d {
+        params,
+        act: None,
+        residual: false,
+    } = &conv.op
+    else {
         return None;
     };
     let get = |id: ValueId| {

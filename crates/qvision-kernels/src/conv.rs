@@ -9,8 +9,10 @@
 //! [`crate::reference::conv2d`] is the scalar reference for all three.
 
 use crate::act::Activation;
+use crate::depthwise::depthwise;
 use crate::gemm::{self, Bias, Lhs, PackedMatrix};
 use crate::{shape_err, KernelError};
+use qvision_tensor::pool;
 use rayon::prelude::*;
 
 /// Geometry of a 2-D convolution, as `torch.nn.Conv2d` names it.
@@ -146,6 +148,25 @@ impl PreparedConv {
         h: usize,
         w: usize,
     ) -> Result<(Vec<f32>, usize, usize), KernelError> {
+        self.run_with(input, n, h, w, None, self.act)
+    }
+
+    /// The activation this conv was prepared with.
+    pub fn activation(&self) -> Option<Activation> {
+        self.act
+    }
+
+    /// Run with an explicit epilogue: `act(conv(x) + bias + residual)`, where `residual` has the
+    /// output's shape (the fused tail of a ResNet block).
+    pub fn run_with(
+        &self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<(Vec<f32>, usize, usize), KernelError> {
         let p = &self.params;
         if input.len() != n * p.in_channels * h * w {
             return Err(shape_err(
@@ -160,21 +181,30 @@ impl PreparedConv {
         let (oh, ow) = p.output_size(h, w)?;
         let in_img = p.in_channels * h * w;
         let out_img = p.out_channels * oh * ow;
-        let mut out = vec![0.0f32; n * out_img];
+        if let Some(r) = residual {
+            if r.len() != n * out_img {
+                return Err(shape_err(
+                    "conv2d",
+                    format!("residual has {} values, output {}", r.len(), n * out_img),
+                ));
+            }
+        }
+        let mut out = pool::take(n * out_img);
         for (x, y) in input
             .chunks(in_img.max(1))
             .zip(out.chunks_mut(out_img.max(1)))
         {
             match &self.path {
                 Path::Depthwise { weight } => {
-                    depthwise(p, weight, self.bias.as_deref(), x, h, w, y, oh, ow)
+                    // the activation fuses into the depthwise loop unless a residual comes first
+                    let dw_act = if residual.is_none() { act } else { None };
+                    depthwise(p, weight, self.bias.as_deref(), dw_act, x, h, w, y, oh, ow)
                 }
                 Path::Gemm { packed } => self.gemm_image(packed, x, h, w, y, oh, ow)?,
             }
         }
-        if let Some(a) = self.act {
-            a.apply(&mut out);
-        }
+        let fused_act = matches!(self.path, Path::Depthwise { .. }) && residual.is_none();
+        epilogue(&mut out, residual, if fused_act { None } else { act });
         Ok((out, oh, ow))
     }
 
@@ -189,11 +219,28 @@ impl PreparedConv {
         oh: usize,
         ow: usize,
     ) -> Result<(), KernelError> {
+        let mut col = Vec::new();
+        let result = self.gemm_groups(packed, x, h, w, y, oh, ow, &mut col);
+        pool::recycle(col);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_groups(
+        &self,
+        packed: &[PackedMatrix],
+        x: &[f32],
+        h: usize,
+        w: usize,
+        y: &mut [f32],
+        oh: usize,
+        ow: usize,
+        col: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
         let p = &self.params;
         let cin_g = p.in_channels / p.groups;
         let cout_g = p.out_channels / p.groups;
         let n_cols = oh * ow;
-        let mut col = Vec::new();
         for (g, pm) in packed.iter().enumerate() {
             let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
             let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
@@ -204,12 +251,31 @@ impl PreparedConv {
             let rhs: &[f32] = if p.is_pointwise() && p.stride == [1, 1] {
                 xg
             } else {
-                im2col(p, xg, cin_g, h, w, oh, ow, &mut col);
-                &col
+                im2col(p, xg, cin_g, h, w, oh, ow, col);
+                col
             };
             gemm::matmul(yg, Lhs::Packed(pm), rhs, n_cols, n_cols, bias)?;
         }
         Ok(())
+    }
+}
+
+/// `out = act(out + residual)`, in one parallel pass.
+fn epilogue(out: &mut [f32], residual: Option<&[f32]>, act: Option<Activation>) {
+    const CHUNK: usize = 1 << 13;
+    match (residual, act) {
+        (None, None) => {}
+        (None, Some(a)) => a.apply(out),
+        (Some(r), act) => out
+            .par_chunks_mut(CHUNK)
+            .zip(r.par_chunks(CHUNK))
+            .for_each(|(o, r)| match act {
+                Some(a) => o
+                    .iter_mut()
+                    .zip(r)
+                    .for_each(|(o, r)| *o = a.apply_scalar(*o + r)),
+                None => o.iter_mut().zip(r).for_each(|(o, r)| *o += r),
+            }),
     }
 }
 
@@ -227,8 +293,13 @@ fn im2col(
 ) {
     let [kh, kw] = p.kernel;
     let n_cols = oh * ow;
-    col.clear();
-    col.resize(cin_g * kh * kw * n_cols, 0.0);
+    let len = cin_g * kh * kw * n_cols;
+    if col.capacity() < len {
+        pool::recycle(std::mem::take(col));
+        *col = pool::take(len);
+    }
+    col.resize(len, 0.0);
+    col.truncate(len);
     col.par_chunks_mut(n_cols).enumerate().for_each(|(r, row)| {
         let c = r / (kh * kw);
         let ky = (r / kw) % kh;
@@ -273,57 +344,6 @@ fn valid_range(ow: usize, stride: usize, off: isize, w: usize) -> (usize, usize)
     let lo = (lo as usize).min(ow);
     let hi = (hi as usize).min(ow);
     (lo, hi.max(lo))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn depthwise(
-    p: &Conv2dParams,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    x: &[f32],
-    h: usize,
-    w: usize,
-    y: &mut [f32],
-    oh: usize,
-    ow: usize,
-) {
-    let [kh, kw] = p.kernel;
-    let mult = p.out_channels / p.in_channels;
-    y.par_chunks_mut(oh * ow).enumerate().for_each(|(oc, yc)| {
-        let ic = oc / mult;
-        let xc = &x[ic * h * w..(ic + 1) * h * w];
-        let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
-        yc.fill(bias.map_or(0.0, |b| b[oc]));
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wv = wc[ky * kw + kx];
-                let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
-                let (lo, hi) = valid_range(ow, p.stride[1], off, w);
-                for oy in 0..oh {
-                    let iy =
-                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
-                    let dst = &mut yc[oy * ow..(oy + 1) * ow];
-                    if hi <= lo {
-                        continue;
-                    }
-                    if p.stride[1] == 1 {
-                        let s0 = (lo as isize + off) as usize;
-                        for (d, s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
-                            *d += wv * s;
-                        }
-                    } else {
-                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                            *d += wv * src[(ox as isize * p.stride[1] as isize + off) as usize];
-                        }
-                    }
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]
@@ -380,6 +400,14 @@ mod tests {
             let act = relu.then_some(Activation::Relu);
             let conv = PreparedConv::new(p, &wt, bias, act).unwrap();
             let (got, oh, ow) = conv.run(&x, n, h, w).unwrap();
+            // the fused residual epilogue equals conv, add, act
+            let res = reference::pseudo_random(got.len(), seed ^ 11);
+            let (fused, _, _) = conv.run_with(&x, n, h, w, Some(&res), act).unwrap();
+            let (plain, _, _) = conv.run_with(&x, n, h, w, None, None).unwrap();
+            for ((f, p), r) in fused.iter().zip(&plain).zip(&res) {
+                let want = act.map_or(p + r, |a| a.apply_scalar(p + r));
+                prop_assert!((f - want).abs() <= 1e-6 * (1.0 + want.abs()));
+            }
             let (mut want, roh, row) = reference::conv2d(&p, &x, n, h, w, &wt, bias).unwrap();
             if let Some(a) = act { want.iter_mut().for_each(|v| *v = a.apply_scalar(*v)); }
             prop_assert_eq!((oh, ow), (roh, row));

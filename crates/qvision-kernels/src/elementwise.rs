@@ -1,6 +1,7 @@
 //! Broadcasting binary ops (NumPy rules) and softmax.
 
 use crate::{shape_err, KernelError};
+use qvision_tensor::pool;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,11 +69,11 @@ pub fn binary(
         return Err(shape_err("binary", "data does not fill its shape"));
     }
     if a_shape == b_shape {
-        let mut out = a.to_vec();
+        let mut out = pool::take(a.len());
         out.par_iter_mut()
             .with_min_len(4096)
-            .zip(b)
-            .for_each(|(x, y)| *x = op.apply(*x, *y));
+            .zip(a.par_iter().zip(b))
+            .for_each(|(o, (x, y))| *o = op.apply(*x, *y));
         return Ok((out, shape));
     }
     // Fast path: one side is a per-"row" scalar over trailing contiguous blocks
@@ -85,7 +86,7 @@ pub fn binary(
     let sa = strides_for(a_shape, &shape);
     let sb = strides_for(b_shape, &shape);
     let out_strides = contiguous_strides(&shape);
-    let mut out = vec![0.0f32; total];
+    let mut out = pool::take(total);
     out.par_iter_mut()
         .with_min_len(4096)
         .enumerate()
@@ -130,15 +131,22 @@ fn row_broadcast(
         return None;
     }
     let block: usize = out_shape[k..].iter().product();
-    let mut out = full.to_vec();
+    let mut out = pool::take(full.len());
     out.par_chunks_mut(block.max(1))
+        .zip(full.par_chunks(block.max(1)))
         .enumerate()
-        .for_each(|(r, chunk)| {
+        .for_each(|(r, (chunk, src))| {
             let v = small[r % small.len().max(1)];
             if swapped {
-                chunk.iter_mut().for_each(|x| *x = op.apply(v, *x));
+                chunk
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, x)| *o = op.apply(v, *x));
             } else {
-                chunk.iter_mut().for_each(|x| *x = op.apply(*x, v));
+                chunk
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, x)| *o = op.apply(*x, v));
             }
         });
     Some(out)
@@ -164,6 +172,18 @@ fn strides_for(shape: &[usize], out: &[usize]) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// `a = op(a, b)` in place for equal shapes.
+pub fn binary_in_place(op: BinaryOp, a: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
+    if a.len() != b.len() {
+        return Err(shape_err("binary", "in-place operands differ in size"));
+    }
+    a.par_iter_mut()
+        .with_min_len(4096)
+        .zip(b)
+        .for_each(|(x, y)| *x = op.apply(*x, *y));
+    Ok(())
 }
 
 /// Softmax over the last axis of rows of length `len`.

@@ -5,8 +5,10 @@
 
 pub mod act;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
+pub mod isa;
 pub mod layout;
 pub mod norm;
 pub mod pool;

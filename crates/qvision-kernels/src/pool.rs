@@ -2,6 +2,7 @@
 //! (`ceil_mode`, `count_include_pad`, adaptive bin edges).
 
 use crate::{shape_err, KernelError};
+use qvision_tensor::pool as buffers;
 use rayon::prelude::*;
 
 /// Window geometry shared by max and average pooling.
@@ -59,7 +60,7 @@ pub fn max_pool2d(
 ) -> Result<(Vec<f32>, usize, usize), KernelError> {
     let (oh, ow) = p.output_size(h, w)?;
     check_len("max_pool2d", x, nc * h * w)?;
-    let mut out = vec![0.0f32; nc * oh * ow];
+    let mut out = buffers::take(nc * oh * ow);
     out.par_chunks_mut((oh * ow).max(1))
         .enumerate()
         .for_each(|(c, y)| {
@@ -106,7 +107,7 @@ pub fn avg_pool2d(
     }
     let (oh, ow) = p.output_size(h, w)?;
     check_len("avg_pool2d", x, nc * h * w)?;
-    let mut out = vec![0.0f32; nc * oh * ow];
+    let mut out = buffers::take(nc * oh * ow);
     out.par_chunks_mut((oh * ow).max(1))
         .enumerate()
         .for_each(|(c, y)| {
@@ -154,7 +155,7 @@ pub fn adaptive_avg_pool2d(
             format!("cannot pool {h}x{w} to {oh}x{ow}"),
         ));
     }
-    let mut out = vec![0.0f32; nc * oh * ow];
+    let mut out = buffers::take(nc * oh * ow);
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(c, y)| {
         let xc = &x[c * h * w..(c + 1) * h * w];
         for oy in 0..oh {

@@ -3,6 +3,7 @@
 //! and their quantization parameters.
 
 mod dtype;
+pub mod pool;
 mod qparams;
 mod tensor;
 

@@ -1,0 +1,105 @@
+//! Run-time choice of the vector ISA for qvision's own kernels.
+//!
+//! Kernels are written once as portable Rust (`#[inline(always)]` bodies) and compiled again
+//! inside `#[target_feature]` wrappers; [`current`] picks the best the CPU has. No artifact is
+//! built with `target-cpu=native`. `QVISION_ISA=scalar|avx2|avx512` forces a path (clamped to
+//! what the CPU supports), so every path can be tested on one machine.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level for the portable kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Baseline code for the target (SSE2 on x86_64, NEON on aarch64).
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 F/VL + AVX2 + FMA.
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The best ISA this CPU supports.
+pub fn best() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// The ISA the kernels use: [`best`], or `QVISION_ISA` if it names a supported level.
+pub fn current() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = best();
+        match std::env::var("QVISION_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") => Isa::Avx2.min(best),
+            Ok("avx512") | Ok("vnni") | Ok("amx") => Isa::Avx512.min(best),
+            _ => best,
+        }
+    })
+}
+
+/// Every ISA this CPU can run, for differential tests.
+pub fn available() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&i| i <= best())
+        .collect()
+}
+
+/// Define `$name(isa, args...)` that runs `$body` (an `#[inline(always)]` fn) compiled for the
+/// requested ISA; `scalar $plain` gives a separate body for the baseline (e.g. without
+/// `mul_add`, which is a slow libm call where the CPU has no FMA).
+#[allow(unused_macros)]
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:path) => {
+        $crate::isa::multiversion!($vis fn $name($($arg: $ty),*) => $body, scalar $body);
+    };
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:path, scalar $plain:path) => {
+        $vis fn $name(isa: $crate::isa::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match isa {
+                    // SAFETY: `isa` never exceeds `isa::best()`, which checked these features.
+                    $crate::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, AVX2 and FMA were detected.
+                    $crate::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::isa::Isa::Scalar => {}
+                }
+            }
+            let _ = isa;
+            $plain($($arg),*)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use multiversion;

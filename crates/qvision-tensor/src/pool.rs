@@ -1,0 +1,78 @@
+//! A process-wide pool of f32 buffers.
+//!
+//! Activations are large and short-lived; allocating them fresh for every op makes the allocator
+//! hand pages back to the OS and fault them in again, which costs more than some convolutions.
+//! The executor returns dying buffers with [`recycle`], and kernels take output buffers with
+//! [`take`]. The pool keeps a bounded number of bytes.
+
+use std::sync::Mutex;
+
+const MAX_BUFFERS: usize = 64;
+const MAX_BYTES: usize = 1 << 30;
+
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A buffer of `len` values whose contents are unspecified (but initialised): callers must
+/// overwrite every element they read.
+pub fn take(len: usize) -> Vec<f32> {
+    let found = {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len && v.capacity() <= len.saturating_mul(2).max(4096))
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| pool.swap_remove(i))
+    };
+    match found {
+        Some(mut v) => {
+            if v.len() >= len {
+                v.truncate(len);
+            } else {
+                v.resize(len, 0.0);
+            }
+            v
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// A zero-filled buffer of `len` values.
+pub fn take_zeroed(len: usize) -> Vec<f32> {
+    let mut v = take(len);
+    v.fill(0.0);
+    v
+}
+
+/// Give a buffer back for reuse.
+pub fn recycle(v: Vec<f32>) {
+    if v.capacity() < 1024 {
+        return;
+    }
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes: usize = pool.iter().map(|b| b.capacity() * 4).sum();
+    if pool.len() < MAX_BUFFERS && bytes + v.capacity() * 4 <= MAX_BYTES {
+        pool.push(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_buffers_of_fitting_size() {
+        let mut v = take(5000);
+        v[0] = 3.0;
+        let ptr = v.as_ptr();
+        recycle(v);
+        let w = take(4000);
+        assert_eq!(w.len(), 4000);
+        // another test may have taken it concurrently; only check when it came back
+        if w.as_ptr() == ptr {
+            assert_eq!(w[0], 3.0);
+        }
+        assert!(take_zeroed(4000).iter().all(|&x| x == 0.0));
+    }
+}
