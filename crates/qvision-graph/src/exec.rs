@@ -109,11 +109,19 @@ impl Session {
         let mut remaining = self.use_counts.clone();
         let mut profile = self
             .profile
-            .then(std::collections::BTreeMap::<String, (f64, usize)>::new);
+            .then(std::collections::BTreeMap::<String, (f64, usize, f64)>::new);
         for (node, prep) in g.nodes.iter().zip(&self.prepared) {
             let t0 = std::time::Instant::now();
             let outs = run_node(g, node, prep, &mut env, &remaining)
                 .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
+            let flops = match (&node.op, outs.first()) {
+                (Op::Conv2d { params, .. }, Some(y)) => {
+                    2.0 * (y.numel() * params.in_channels / params.groups
+                        * params.kernel[0]
+                        * params.kernel[1]) as f64
+                }
+                _ => 0.0,
+            };
             if let Some(p) = profile.as_mut() {
                 let key = match (&node.op, prep) {
                     (Op::Conv2d { params, .. }, _) => format!(
@@ -131,9 +139,10 @@ impl Session {
                     ),
                     (op, _) => op.kind().to_string(),
                 };
-                let e = p.entry(key).or_insert((0.0, 0));
+                let e = p.entry(key).or_insert((0.0, 0, 0.0));
                 e.0 += t0.elapsed().as_secs_f64() * 1e3;
                 e.1 += 1;
+                e.2 += flops;
             }
             for i in &node.inputs {
                 remaining[i.0] = remaining[i.0].saturating_sub(1);
@@ -159,9 +168,14 @@ impl Session {
             let mut rows: Vec<_> = p.into_iter().collect();
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             eprintln!("profile of {} ({total:.2} ms):", g.name);
-            for (k, (ms, n)) in rows {
+            for (k, (ms, n, flops)) in rows {
+                let rate = if flops > 0.0 {
+                    format!("{:>6.1} GFLOP/s", flops / ms / 1e6)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}%",
+                    "  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}% {rate}",
                     100.0 * ms / total
                 );
             }

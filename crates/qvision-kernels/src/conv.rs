@@ -11,6 +11,7 @@
 use crate::act::Activation;
 use crate::depthwise::depthwise;
 use crate::gemm::{self, Bias, Lhs, PackedMatrix};
+use crate::sgemm::{sgemm, valid_range, Epilogue, Im2colGeom, PackedA, Rhs};
 use crate::{shape_err, KernelError};
 use qvision_tensor::pool;
 use rayon::prelude::*;
@@ -76,8 +77,23 @@ impl Conv2dParams {
 
 #[derive(Debug)]
 enum Path {
-    Depthwise { weight: Vec<f32> },
-    Gemm { packed: Vec<PackedMatrix> },
+    Depthwise {
+        weight: Vec<f32>,
+    },
+    /// rten-gemm with packed weights; bias in the GEMM, residual/activation in a second pass.
+    Gemm {
+        packed: Vec<PackedMatrix>,
+    },
+    /// qvision's sgemm: B read in place, bias/residual/activation fused into the store.
+    Direct {
+        packed: Vec<PackedA>,
+    },
+}
+
+/// Which GEMM backs dense convolutions: `QVISION_GEMM=rten|qvision` (default qvision).
+fn use_rten() -> bool {
+    static RTEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RTEN.get_or_init(|| std::env::var("QVISION_GEMM").is_ok_and(|v| v == "rten"))
 }
 
 /// A convolution with its weights prepared (packed) once, for repeated runs.
@@ -119,7 +135,7 @@ impl PreparedConv {
             Path::Depthwise {
                 weight: weight.to_vec(),
             }
-        } else {
+        } else if use_rten() {
             let cout_g = params.out_channels / params.groups;
             let k = weight.len() / params.out_channels;
             let packed = weight
@@ -127,6 +143,14 @@ impl PreparedConv {
                 .map(|w| PackedMatrix::pack(w, cout_g, k))
                 .collect::<Result<Vec<_>, _>>()?;
             Path::Gemm { packed }
+        } else {
+            let cout_g = params.out_channels / params.groups;
+            let k = weight.len() / params.out_channels;
+            let packed = weight
+                .chunks(cout_g * k)
+                .map(|w| PackedA::new(w, cout_g, k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Path::Direct { packed }
         };
         Ok(PreparedConv {
             params,
@@ -190,9 +214,10 @@ impl PreparedConv {
             }
         }
         let mut out = pool::take(n * out_img);
-        for (x, y) in input
+        for (img, (x, y)) in input
             .chunks(in_img.max(1))
             .zip(out.chunks_mut(out_img.max(1)))
+            .enumerate()
         {
             match &self.path {
                 Path::Depthwise { weight } => {
@@ -201,11 +226,68 @@ impl PreparedConv {
                     depthwise(p, weight, self.bias.as_deref(), dw_act, x, h, w, y, oh, ow)
                 }
                 Path::Gemm { packed } => self.gemm_image(packed, x, h, w, y, oh, ow)?,
+                Path::Direct { packed } => {
+                    let res = residual.map(|r| &r[img * out_img..(img + 1) * out_img]);
+                    self.direct_image(packed, x, h, w, y, oh, ow, res, act)?
+                }
             }
         }
-        let fused_act = matches!(self.path, Path::Depthwise { .. }) && residual.is_none();
-        epilogue(&mut out, residual, if fused_act { None } else { act });
+        match self.path {
+            Path::Direct { .. } => {}
+            Path::Depthwise { .. } if residual.is_none() => {}
+            _ => epilogue(&mut out, residual, act),
+        }
         Ok((out, oh, ow))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn direct_image(
+        &self,
+        packed: &[PackedA],
+        x: &[f32],
+        h: usize,
+        w: usize,
+        y: &mut [f32],
+        oh: usize,
+        ow: usize,
+        residual: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<(), KernelError> {
+        let p = &self.params;
+        let cin_g = p.in_channels / p.groups;
+        let cout_g = p.out_channels / p.groups;
+        let n_cols = oh * ow;
+        let mut result = Ok(());
+        for (g, pa) in packed.iter().enumerate() {
+            let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
+            let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
+            let ep = Epilogue {
+                bias: self.bias.as_ref().map(|b| &b[g * cout_g..(g + 1) * cout_g]),
+                residual: residual.map(|r| &r[g * cout_g * n_cols..(g + 1) * cout_g * n_cols]),
+                act,
+            };
+            let rhs = if p.is_pointwise() && p.stride == [1, 1] {
+                Rhs::Dense { b: xg, ldb: n_cols }
+            } else {
+                let geom = Im2colGeom {
+                    c: cin_g,
+                    h,
+                    w,
+                    oh,
+                    ow,
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: p.padding,
+                    dilation: p.dilation,
+                };
+                Rhs::Im2col { x: xg, geom }
+            };
+            result = sgemm(pa, rhs, n_cols, yg, n_cols, ep);
+            if result.is_err() {
+                break;
+            }
+        }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -330,20 +412,6 @@ fn im2col(
             }
         }
     });
-}
-
-/// Output positions `ox` in `lo..hi` read inside the row: `0 <= ox*stride + off < w`.
-fn valid_range(ow: usize, stride: usize, off: isize, w: usize) -> (usize, usize) {
-    let s = stride as isize;
-    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-    let hi = if (w as isize) <= off {
-        0
-    } else {
-        ((w as isize - off) + s - 1) / s
-    };
-    let lo = (lo as usize).min(ow);
-    let hi = (hi as usize).min(ow);
-    (lo, hi.max(lo))
 }
 
 #[cfg(test)]

@@ -102,11 +102,15 @@ pub fn depthwise_isa(
 /// extra rows/columns keep every tap of every output in bounds for any stride.
 fn pad_plane(src: &[f32], g: &Geom, out: &mut Vec<f32>) {
     let (hp, wp) = padded_size(g);
-    out.clear();
     out.resize(hp * wp, 0.0);
+    // only the border needs zeros: the interior is overwritten
+    out[..g.ph * wp].fill(0.0);
+    out[(g.ph + g.h) * wp..].fill(0.0);
     for y in 0..g.h {
-        let d = (y + g.ph) * wp + g.pw;
-        out[d..d + g.w].copy_from_slice(&src[y * g.w..(y + 1) * g.w]);
+        let r = (y + g.ph) * wp;
+        out[r..r + g.pw].fill(0.0);
+        out[r + g.pw..r + g.pw + g.w].copy_from_slice(&src[y * g.w..(y + 1) * g.w]);
+        out[r + g.pw + g.w..r + wp].fill(0.0);
     }
 }
 
@@ -151,52 +155,79 @@ fn channel(
         }
         phases
     };
-    for oy in 0..g.oh {
-        // Start of each tap's contiguous run for this output row; every run holds `ow` values.
-        bases.clear();
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let off = kx * g.dw;
-                bases.push(((off % g.sw) * hp + oy * g.sh + ky * g.dh) * plen + off / g.sw);
-            }
+    // Start of each tap's contiguous run for output row 0; row oy adds oy * sh * plen. Every
+    // run holds `ow` values.
+    bases.clear();
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let off = kx * g.dw;
+            bases.push(((off % g.sw) * hp + ky * g.dh) * plen + off / g.sw);
         }
+    }
+    let last = (g.oh - 1) * g.sh * plen;
+    assert!(
+        bases.iter().all(|&b| b + last + g.ow <= planes.len()),
+        "tap runs stay inside the planes"
+    );
+    for oy in 0..g.oh {
         let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
-        row(isa, planes, bases, wk, bias, dst);
-        if let Some(f) = act {
-            f.apply(dst);
+        // SAFETY: the assert above bounds every tap run of every row (oy * sh * plen <= last);
+        // `isa` comes from `isa::current()` or `isa::available()`.
+        unsafe { row(isa, planes, bases, oy * g.sh * plen, wk, bias, dst) };
+        match act {
+            Some(Activation::Relu) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Some(Activation::Relu6) => dst.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+            Some(f) => dst.iter_mut().for_each(|v| *v = f.apply_scalar(*v)),
+            None => {}
         }
     }
 }
 
-/// `dst[ox] = bias + sum_t w[t] * planes[bases[t] + ox]`. Scalar reference for the SIMD rows.
-fn row_scalar(planes: &[f32], bases: &[usize], w: &[f32], bias: f32, dst: &mut [f32]) {
+/// `dst[ox] = bias + sum_t w[t] * planes[shift + bases[t] + ox]`. Scalar reference for the SIMD
+/// rows.
+fn row_scalar(
+    planes: &[f32],
+    bases: &[usize],
+    shift: usize,
+    w: &[f32],
+    bias: f32,
+    dst: &mut [f32],
+) {
     for (ox, d) in dst.iter_mut().enumerate() {
         let mut a = bias;
         for (b, wt) in bases.iter().zip(w) {
-            a += planes[b + ox] * wt;
+            a += planes[shift + b + ox] * wt;
         }
         *d = a;
     }
 }
 
-fn row(isa: Isa, planes: &[f32], bases: &[usize], w: &[f32], bias: f32, dst: &mut [f32]) {
-    assert_eq!(bases.len(), w.len());
-    let ow = dst.len();
-    assert!(
-        bases.iter().all(|&b| b + ow <= planes.len()),
-        "tap runs stay inside the planes"
-    );
+/// One output row.
+///
+/// # Safety
+/// `shift + bases[t] + dst.len() <= planes.len()` for every tap `t`, and `isa <= isa::best()`.
+unsafe fn row(
+    isa: Isa,
+    planes: &[f32],
+    bases: &[usize],
+    shift: usize,
+    w: &[f32],
+    bias: f32,
+    dst: &mut [f32],
+) {
+    debug_assert_eq!(bases.len(), w.len());
+    let planes = &planes[shift..];
     #[cfg(target_arch = "x86_64")]
     match isa {
-        // SAFETY: `isa` is at most `isa::best()`, which detected AVX-512F; the assert above keeps
-        // every tap run `bases[t]..bases[t] + ow` inside `planes`.
+        // SAFETY: the caller guarantees `isa <= isa::best()` (which detected AVX-512F) and that
+        // every tap run `bases[t]..bases[t] + ow` lies inside `planes` (shifted).
         Isa::Avx512 => return unsafe { x86::row_avx512(planes, bases, w, bias, dst) },
         // SAFETY: as above, with AVX2 and FMA detected.
         Isa::Avx2 => return unsafe { x86::row_avx2(planes, bases, w, bias, dst) },
         Isa::Scalar => {}
     }
     let _ = isa;
-    row_scalar(planes, bases, w, bias, dst)
+    row_scalar(planes, bases, 0, w, bias, dst)
 }
 
 #[cfg(target_arch = "x86_64")]

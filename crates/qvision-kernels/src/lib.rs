@@ -13,6 +13,7 @@ pub mod layout;
 pub mod norm;
 pub mod pool;
 pub mod reference;
+pub mod sgemm;
 
 pub use act::Activation;
 pub use conv::{Conv2dParams, PreparedConv};
