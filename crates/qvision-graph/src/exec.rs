@@ -45,8 +45,9 @@ pub struct Session {
     prepared: Vec<Prepared>,
     use_counts: Vec<usize>,
     pool: Option<rayon::ThreadPool>,
-    /// `QVISION_PROFILE=1`: print time per op kind after each run.
+    /// `QVISION_PROFILE=1`: print time per op kind after each run; `=2` also every node.
     profile: bool,
+    profile_nodes: bool,
 }
 
 impl Session {
@@ -78,6 +79,7 @@ impl Session {
             use_counts,
             pool,
             profile: std::env::var_os("QVISION_PROFILE").is_some_and(|v| v != "0"),
+            profile_nodes: std::env::var_os("QVISION_PROFILE").is_some_and(|v| v == "2"),
         })
     }
 
@@ -122,6 +124,23 @@ impl Session {
                 }
                 _ => 0.0,
             };
+            if self.profile_nodes {
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                let shape = outs
+                    .first()
+                    .map(|t| format!("{:?}", t.shape()))
+                    .unwrap_or_default();
+                let rate = if flops > 0.0 {
+                    format!("{:.1} GFLOP/s", flops / ms / 1e6)
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "  {:<40} {:<12} {shape:<22} {ms:8.3} ms {rate}",
+                    node.name,
+                    node.op.kind()
+                );
+            }
             if let Some(p) = profile.as_mut() {
                 let key = match (&node.op, prep) {
                     (Op::Conv2d { params, .. }, _) => format!(

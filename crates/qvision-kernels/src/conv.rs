@@ -257,10 +257,8 @@ impl PreparedConv {
         let cin_g = p.in_channels / p.groups;
         let cout_g = p.out_channels / p.groups;
         let n_cols = oh * ow;
-        let mut result = Ok(());
-        for (g, pa) in packed.iter().enumerate() {
+        let run_group = |g: usize, pa: &PackedA, yg: &mut [f32]| {
             let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
-            let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
             let ep = Epilogue {
                 bias: self.bias.as_ref().map(|b| &b[g * cout_g..(g + 1) * cout_g]),
                 residual: residual.map(|r| &r[g * cout_g * n_cols..(g + 1) * cout_g * n_cols]),
@@ -282,12 +280,18 @@ impl PreparedConv {
                 };
                 Rhs::Im2col { x: xg, geom }
             };
-            result = sgemm(pa, rhs, n_cols, yg, n_cols, ep);
-            if result.is_err() {
-                break;
-            }
+            sgemm(pa, rhs, n_cols, yg, n_cols, ep)
+        };
+        let y = &mut y[..p.out_channels * n_cols];
+        if packed.len() == 1 {
+            return run_group(0, &packed[0], y);
         }
-        result
+        // Grouped: groups in parallel (each GEMM is small).
+        packed
+            .par_iter()
+            .zip(y.par_chunks_mut(cout_g * n_cols))
+            .enumerate()
+            .try_for_each(|(g, (pa, yg))| run_group(g, pa, yg))
     }
 
     #[allow(clippy::too_many_arguments)]

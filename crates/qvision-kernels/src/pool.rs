@@ -1,6 +1,7 @@
 //! Max, average and adaptive-average pooling over NCHW, with PyTorch's size rules
 //! (`ceil_mode`, `count_include_pad`, adaptive bin edges).
 
+use crate::sgemm::valid_range;
 use crate::{shape_err, KernelError};
 use qvision_tensor::pool as buffers;
 use rayon::prelude::*;
@@ -65,28 +66,27 @@ pub fn max_pool2d(
         .enumerate()
         .for_each(|(c, y)| {
             let xc = &x[c * h * w..(c + 1) * h * w];
+            y.fill(f32::NEG_INFINITY);
             for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut m = f32::NEG_INFINITY;
-                    for ky in 0..p.kernel[0] {
-                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                            - p.padding[0] as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..p.kernel[1] {
-                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                                - p.padding[1] as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let v = xc[iy as usize * w + ix as usize];
-                            if v > m || v.is_nan() {
-                                m = v;
+                let dst = &mut y[oy * ow..(oy + 1) * ow];
+                for ky in 0..p.kernel[0] {
+                    let iy =
+                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    for kx in 0..p.kernel[1] {
+                        // outputs whose tap kx lands inside the row: no per-element bounds test
+                        let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                        let (lo, hi) = valid_range(ow, p.stride[1], off, w);
+                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            let v = src[(ox as isize * p.stride[1] as isize + off) as usize];
+                            if v > *d || v.is_nan() {
+                                *d = v;
                             }
                         }
                     }
-                    y[oy * ow + ox] = m;
                 }
             }
         });
@@ -213,6 +213,40 @@ mod tests {
             params(3, 2, 1, false).output_size(112, 112).unwrap(),
             (56, 56)
         );
+    }
+
+    fn naive_max(p: &Pool2dParams, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (oh, ow) = p.output_size(h, w).unwrap();
+        let mut out = vec![f32::NEG_INFINITY; oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..p.kernel[0] {
+                    for kx in 0..p.kernel[1] {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                            - p.padding[1] as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            out[oy * ow + ox] =
+                                out[oy * ow + ox].max(x[iy as usize * w + ix as usize]);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn max_pool_matches_naive(k in 1usize..5, s in 1usize..4, pad in 0usize..3, d in 1usize..3, h in 1usize..12, w in 1usize..12, ceil in proptest::bool::ANY, seed in proptest::num::u64::ANY) {
+            let p = Pool2dParams { kernel: [k, k], stride: [s, s], padding: [pad.min(k / 2), pad.min(k / 2)], dilation: [d, d], ceil_mode: ceil };
+            if p.output_size(h, w).is_ok() {
+                let x = crate::reference::pseudo_random(h * w, seed);
+                let (y, _, _) = max_pool2d(&p, &x, 1, h, w).unwrap();
+                proptest::prop_assert_eq!(y, naive_max(&p, &x, h, w));
+            }
+        }
     }
 
     #[test]

@@ -178,59 +178,92 @@ pub fn sgemm(
     }
     let (r, cols) = (mr(a.isa), nr(a.isa));
     let panels = m.div_ceil(r);
-    // Work items are (panel group, column block); B is packed once per item. Prefer whole
-    // columns (all panels: B packed once) when there are enough column blocks for the threads.
     let threads = rayon::current_num_threads().max(1);
-    let mut nb = cols * 8;
-    while nb > cols && n.div_ceil(nb) < 4 * threads {
-        nb -= cols;
-    }
-    let mut pb = panels;
-    while pb > 1 && panels.div_ceil(pb) * n.div_ceil(nb) < 4 * threads {
-        pb = pb.div_ceil(2);
-    }
-    let tiles: Vec<(usize, usize)> = (0..n.div_ceil(nb))
-        .flat_map(|j| (0..panels.div_ceil(pb)).map(move |i| (i, j)))
-        .collect();
     let out = OutPtr(c.as_mut_ptr());
     let c_len = c.len();
-    tiles.par_iter().for_each(|&(pi, j)| {
-        let n0 = j * nb;
-        let n1 = (n0 + nb).min(n);
-        PACKED_B.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            pack_b(&rhs, k, n0, n1, cols, &mut buf);
-            let bp: &[f32] = &buf;
-            for p in pi * pb..((pi + 1) * pb).min(panels) {
-                let m0 = p * r;
-                let rows = (m - m0).min(r);
-                let mut x = n0;
-                while x < n1 {
-                    let w = (n1 - x).min(cols);
-                    let sub = (x - n0) / cols;
-                    let tile = Tile {
-                        a: a.panel(p),
-                        k,
-                        b: &bp[sub * k * cols..(sub + 1) * k * cols],
-                        ldb: cols,
-                        c: out.get(),
-                        c_len,
-                        c_off: m0 * ldc + x,
-                        ldc,
-                        rows,
-                        cols: w,
-                        bias: ep.bias.map(|v| &v[m0..m0 + rows]),
-                        residual: ep.residual.map(|res| &res[m0 * ldc + x..]),
-                        act: ep.act,
-                    };
-                    run_tile(a.isa, &tile);
-                    x += w;
+    // One micro-tile: panel p, columns x..x+w, B panel `bsub` (k x cols).
+    let tile = |p: usize, x: usize, w: usize, bsub: &[f32]| {
+        let m0 = p * r;
+        let rows = (m - m0).min(r);
+        let t = Tile {
+            a: a.panel(p),
+            k,
+            b: bsub,
+            ldb: cols,
+            c: out.get(),
+            c_len,
+            c_off: m0 * ldc + x,
+            ldc,
+            rows,
+            cols: w,
+            bias: ep.bias.map(|v| &v[m0..m0 + rows]),
+            residual: ep.residual.map(|res| &res[m0 * ldc + x..]),
+            act: ep.act,
+        };
+        run_tile(a.isa, &t);
+    };
+    let subs = n.div_ceil(cols);
+    let nb = cols * 8;
+    if n.div_ceil(nb) >= 2 * threads {
+        // Wide: each work item packs one column block of B and runs every panel over it.
+        (0..n.div_ceil(nb)).into_par_iter().for_each(|j| {
+            let (n0, n1) = (j * nb, ((j + 1) * nb).min(n));
+            PACKED_B.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                pack_b(&rhs, k, n0, n1, cols, &mut buf);
+                for p in 0..panels {
+                    for (s, x) in (n0..n1).step_by(cols).enumerate() {
+                        tile(
+                            p,
+                            x,
+                            (n1 - x).min(cols),
+                            &buf[s * k * cols..(s + 1) * k * cols],
+                        );
+                    }
                 }
+            });
+        });
+    } else {
+        // Narrow: pack all of B once (in parallel), then share (panel, column tile) pairs.
+        let mut packed = std::mem::take(&mut *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()));
+        packed.clear();
+        packed.resize(subs * k * cols, 0.0);
+        packed
+            .par_chunks_mut(k * cols)
+            .enumerate()
+            .for_each(|(s, dst)| {
+                let (n0, n1) = (s * cols, ((s + 1) * cols).min(n));
+                PACKED_B.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    pack_b(&rhs, k, n0, n1, cols, &mut buf);
+                    dst.copy_from_slice(&buf[..k * cols]);
+                });
+            });
+        let mut pb = panels;
+        while pb > 1 && panels.div_ceil(pb) * subs < 4 * threads {
+            pb = pb.div_ceil(2);
+        }
+        let items: Vec<(usize, usize)> = (0..subs)
+            .flat_map(|s| (0..panels.div_ceil(pb)).map(move |g| (g, s)))
+            .collect();
+        items.par_iter().for_each(|&(g, s)| {
+            let x = s * cols;
+            for p in g * pb..((g + 1) * pb).min(panels) {
+                tile(
+                    p,
+                    x,
+                    (n - x).min(cols),
+                    &packed[s * k * cols..(s + 1) * k * cols],
+                );
             }
         });
-    });
+        *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()) = packed;
+    }
     Ok(())
 }
+
+/// Reused buffer for a whole packed B (narrow GEMMs).
+static SHARED_B: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
 thread_local! {
     static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
