@@ -60,6 +60,57 @@ pub fn current() -> Isa {
     })
 }
 
+/// Instruction-set level for the int8 kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Int8Isa {
+    /// Portable code (the reference).
+    Scalar,
+    /// The portable kernel compiled for AVX2 (exact 32-bit accumulation, no `vpmaddubsw`
+    /// saturation).
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd`: four u8 x s8 products summed into each i32 lane.
+    Avx512Vnni,
+}
+
+/// The best int8 level this CPU supports.
+pub fn best_int8() -> Int8Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            return Int8Isa::Avx512Vnni;
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return Int8Isa::Avx2;
+        }
+    }
+    Int8Isa::Scalar
+}
+
+/// The int8 level in use: [`best_int8`], or what `QVISION_ISA` names (clamped to the CPU).
+pub fn current_int8() -> Int8Isa {
+    static ISA: OnceLock<Int8Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = best_int8();
+        match std::env::var("QVISION_ISA").as_deref() {
+            Ok("scalar") => Int8Isa::Scalar,
+            Ok("avx2") => Int8Isa::Avx2.min(best),
+            Ok("avx512") | Ok("vnni") | Ok("amx") => Int8Isa::Avx512Vnni.min(best),
+            _ => best,
+        }
+    })
+}
+
+/// Every int8 level this CPU can run, for differential tests.
+pub fn available_int8() -> Vec<Int8Isa> {
+    [Int8Isa::Scalar, Int8Isa::Avx2, Int8Isa::Avx512Vnni]
+        .into_iter()
+        .filter(|&i| i <= best_int8())
+        .collect()
+}
+
 /// Every ISA this CPU can run, for differential tests.
 pub fn available() -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512]

@@ -12,6 +12,7 @@ pub mod isa;
 pub mod layout;
 pub mod norm;
 pub mod pool;
+pub mod qgemm;
 pub mod reference;
 pub mod sgemm;
 
