@@ -251,6 +251,65 @@ def real(image_dir, weights_path):
     print(sum(r["top5"][0] == r["label"] for r in rows), "of", len(rows), "top-1 correct")
 
 
+def observer_batches():
+    """Calibration-like batches both sides compute: skewed, shifted, with sparse outliers."""
+    out = []
+    for b, (scale, shift) in enumerate([(2.0, 0.3), (1.5, -0.2), (3.0, 0.5), (1.0, 0.0), (2.5, 1.0)]):
+        u = formula_uniform(fnv1a64(f"obs{b}"), 4096)
+        v = (u * np.float32(scale) + np.float32(shift)).astype(np.float32)
+        v = (v * v * np.sign(v)).astype(np.float32)  # heavier tails
+        v[::997] = (v[::997] * np.float32(8.0)).astype(np.float32)
+        out.append(v)
+    return out
+
+
+def observers():
+    """scale / zero point of torch.ao observers on deterministic batches."""
+    import torch
+    from torch.ao.quantization.observer import (HistogramObserver, MinMaxObserver,
+                                                MovingAverageMinMaxObserver, PerChannelMinMaxObserver)
+
+    batches = [torch.from_numpy(b) for b in observer_batches()]
+    res = {}
+    cases = {
+        "minmax_u8_affine": MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        "minmax_s8_symmetric": MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        "minmax_u8_reduce": MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=True),
+        "moving_average_u8": MovingAverageMinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        "histogram_u8_affine": HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        "histogram_s8_symmetric": HistogramObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+    }
+    for name, obs in cases.items():
+        for b in batches:
+            obs(b)
+        scale, zp = obs.calculate_qparams()
+        entry = {"scale": float(scale.reshape(-1)[0]), "zero_point": int(zp.reshape(-1)[0])}
+        if isinstance(obs, HistogramObserver):
+            lo, hi = obs._non_linear_param_search()
+            entry.update({"search_min": float(lo), "search_max": float(hi),
+                          "min": float(obs.min_val), "max": float(obs.max_val),
+                          "hist_sum": float(obs.histogram.sum())})
+        res[name] = entry
+    # one far outlier: the L2 search must trim most of the range
+    obs = HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    for i, b in enumerate(observer_batches()):
+        b = b.copy()
+        if i == 2:
+            b[5] = np.float32(1000.0)
+        obs(torch.from_numpy(b))
+    scale, zp = obs.calculate_qparams()
+    lo, hi = obs._non_linear_param_search()
+    res["histogram_outlier"] = {"scale": float(scale), "zero_point": int(zp), "search_min": float(lo), "search_max": float(hi)}
+    w = torch.from_numpy(np.concatenate(observer_batches())[: 64 * 320].reshape(64, 320))
+    pc = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    pc(w)
+    s, z = pc.calculate_qparams()
+    res["per_channel_s8_symmetric"] = {"scales": [float(v) for v in s], "zero_points": [int(v) for v in z]}
+    os.makedirs(os.path.join(FIX, "quant"), exist_ok=True)
+    with open(os.path.join(FIX, "quant", "observers.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "parity"
     if cmd == "parity":
@@ -261,6 +320,8 @@ if __name__ == "__main__":
         weights()
     elif cmd == "preprocess":
         preprocess()
+    elif cmd == "observers":
+        observers()
     elif cmd == "real":
         real(sys.argv[2], sys.argv[3])
     else:
