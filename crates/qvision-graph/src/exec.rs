@@ -4,6 +4,7 @@
 use crate::ir::{Graph, ValueId, ValueKind};
 use crate::op::Op;
 use crate::{passes, GraphError};
+use qvision_kernels::blocked::{self, conv::BlockedConv};
 use qvision_kernels::conv::PreparedConv;
 use qvision_kernels::elementwise::{binary, binary_in_place, softmax_rows, BinaryOp};
 use qvision_kernels::gemm::{self, Bias, Lhs};
@@ -17,6 +18,9 @@ pub struct SessionOptions {
     pub optimize: bool,
     /// Worker threads; `None` uses rayon's global pool.
     pub threads: Option<usize>,
+    /// Run convolutions in the blocked NCHW16c layout where a kernel exists (with `optimize`).
+    /// `None` decides: on where the CPU has AVX-512, unless `QVISION_LAYOUT=nchw`.
+    pub blocked: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -24,6 +28,7 @@ impl Default for SessionOptions {
         SessionOptions {
             optimize: true,
             threads: None,
+            blocked: None,
         }
     }
 }
@@ -31,6 +36,7 @@ impl Default for SessionOptions {
 enum Prepared {
     None,
     Conv(PreparedConv),
+    Blocked(BlockedConv),
     /// Weight transposed to `in x out`, and the bias.
     Linear {
         wt: Vec<f32>,
@@ -54,7 +60,16 @@ impl Session {
     pub fn new(graph: &Graph, opts: SessionOptions) -> Result<Self, GraphError> {
         graph.validate()?;
         let graph = if opts.optimize {
-            passes::optimize_for_inference(graph)?
+            let g = passes::optimize_for_inference(graph)?;
+            let blocked = opts.blocked.unwrap_or_else(|| {
+                qvision_kernels::isa::current() == qvision_kernels::isa::Isa::Avx512
+                    && std::env::var("QVISION_LAYOUT").map_or(true, |v| v != "nchw")
+            });
+            if blocked {
+                passes::to_blocked_layout(&g)
+            } else {
+                g
+            }
         } else {
             graph.clone()
         };
@@ -237,6 +252,21 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
                     .map_err(|e| GraphError::from_kernel(&n.name, "Conv2d", e))?,
             )
         }
+        Op::ConvBlocked {
+            params, residual, ..
+        } => {
+            let w = f32_of(n.inputs[1])?;
+            let has_bias = n.inputs.len() == 3 + *residual as usize;
+            let b = if has_bias {
+                Some(f32_of(n.inputs[2])?)
+            } else {
+                None
+            };
+            Prepared::Blocked(
+                BlockedConv::new(*params, w, b)
+                    .map_err(|e| GraphError::from_kernel(&n.name, "ConvBlocked", e))?,
+            )
+        }
         Op::Linear { .. } => {
             let wt = g.tensor(n.inputs[1])?;
             let (out, inn) = match wt.shape() {
@@ -298,6 +328,16 @@ fn nchw(t: &Tensor) -> Result<[usize; 4], String> {
         .map_err(|_| format!("expects an NCHW input, got shape {:?}", t.shape()))
 }
 
+fn blocked5(t: &Tensor) -> Result<[usize; 5], String> {
+    match <[usize; 5]>::try_from(t.shape()) {
+        Ok(s) if s[4] == 16 => Ok(s),
+        _ => Err(format!(
+            "expects a blocked [n, c/16, h, w, 16] input, got shape {:?}",
+            t.shape()
+        )),
+    }
+}
+
 fn tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, String> {
     Tensor::from_f32(shape, data).map_err(|e| e.to_string())
 }
@@ -347,6 +387,79 @@ fn run_node(
                 }
             };
             one(tensor(shape, y)?)
+        }
+        (Op::ConvBlocked { residual, act, .. }, Prepared::Blocked(conv)) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, cb, h, w, _] = blocked5(x)?;
+            let p = conv.params();
+            if cb != blocked::blocks(p.in_channels) {
+                return Err(format!(
+                    "input has {cb} channel blocks, conv expects {}",
+                    blocked::blocks(p.in_channels)
+                ));
+            }
+            let (oh, ow) = p.output_size(h, w).map_err(ke)?;
+            let shape = vec![n, blocked::blocks(p.out_channels), oh, ow, 16];
+            let res = if *residual {
+                Some(fetch(g, env, ins[ins.len() - 1])?)
+            } else {
+                None
+            };
+            let y = match res {
+                Some(r) if r.shape() != shape.as_slice() => {
+                    let (y, _, _) = conv.run(f32s(x)?, n, h, w, None, None).map_err(ke)?;
+                    let (mut y, _) =
+                        binary(BinaryOp::Add, &y, &shape, f32s(r)?, r.shape()).map_err(ke)?;
+                    if let Some(a) = act {
+                        a.apply(&mut y);
+                    }
+                    y
+                }
+                r => {
+                    let r = r.map(f32s).transpose()?;
+                    conv.run(f32s(x)?, n, h, w, r, *act).map_err(ke)?.0
+                }
+            };
+            one(tensor(shape, y)?)
+        }
+        (Op::ToBlocked, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, c, h, w] = nchw(x)?;
+            let y = blocked::to_blocked(f32s(x)?, n, c, h * w);
+            one(tensor(vec![n, blocked::blocks(c), h, w, 16], y)?)
+        }
+        (Op::FromBlocked { channels }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, _, h, w, _] = blocked5(x)?;
+            let y = blocked::from_blocked(f32s(x)?, n, *channels, h * w);
+            one(tensor(vec![n, *channels, h, w], y)?)
+        }
+        (Op::MaxPool2d(p), _) if fetch(g, env, ins[0])?.ndim() == 5 => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, cb, h, w, _] = blocked5(x)?;
+            let (y, oh, ow) = blocked::pool::max_pool(p, f32s(x)?, n * cb, h, w).map_err(ke)?;
+            one(tensor(vec![n, cb, oh, ow, 16], y)?)
+        }
+        (
+            Op::AvgPool2d {
+                pool: p,
+                count_include_pad,
+            },
+            _,
+        ) if fetch(g, env, ins[0])?.ndim() == 5 => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, cb, h, w, _] = blocked5(x)?;
+            let (y, oh, ow) =
+                blocked::pool::avg_pool(p, *count_include_pad, f32s(x)?, n * cb, h, w)
+                    .map_err(ke)?;
+            one(tensor(vec![n, cb, oh, ow, 16], y)?)
+        }
+        (Op::AdaptiveAvgPool2d { output }, _) if fetch(g, env, ins[0])?.ndim() == 5 => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, cb, h, w, _] = blocked5(x)?;
+            let y = blocked::pool::adaptive_avg_pool(f32s(x)?, n * cb, h, w, output[0], output[1])
+                .map_err(ke)?;
+            one(tensor(vec![n, cb, output[0], output[1], 16], y)?)
         }
         (Op::Linear { act }, Prepared::Linear { wt, out, bias }) => {
             let x = fetch(g, env, ins[0])?;
@@ -591,10 +704,15 @@ mod tests {
             SessionOptions {
                 optimize: false,
                 threads: Some(1),
+                ..Default::default()
             },
         )
         .unwrap();
-        let opt = Session::new(&g, SessionOptions::default()).unwrap();
+        let nchw = SessionOptions {
+            blocked: Some(false),
+            ..Default::default()
+        };
+        let opt = Session::new(&g, nchw).unwrap();
         assert!(
             opt.graph().nodes.len() < g.nodes.len(),
             "bn, relu, hardswish and dropout fold away"
@@ -637,15 +755,83 @@ mod tests {
             SessionOptions {
                 optimize: false,
                 threads: Some(1),
+                ..Default::default()
             },
         )
         .unwrap();
-        let opt = Session::new(&g, SessionOptions::default()).unwrap();
+        let nchw = SessionOptions {
+            blocked: Some(false),
+            ..Default::default()
+        };
+        let opt = Session::new(&g, nchw).unwrap();
         assert_eq!(opt.graph().nodes.len(), 3, "bn folded, relu6 and add fused");
         let a = plain.run(vec![x.clone()]).unwrap();
         let b = opt.run(vec![x]).unwrap();
         for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
             assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
+        }
+    }
+
+    /// The blocked NCHW16c rewrite computes what the NCHW graph computes: dense and depthwise
+    /// convs, squeeze-excitation, residual add, pools, a channel count that is not a multiple of
+    /// 16, and a fall back to NCHW for the flatten/linear tail.
+    #[test]
+    fn blocked_layout_equals_nchw() {
+        let mut b = GraphBuilder::new("blocked");
+        let x = b.input("input", &[2, 3, 17, 15]);
+        let y = b.conv2d("stem", x, Conv::new(3, 24, 3).pad(1).stride(2).bias(false));
+        let y = b.batch_norm("stem_bn", y, 24);
+        let y = b.act("stem_relu", y, Activation::Relu);
+        let y = b.conv2d("pw", y, Conv::new(24, 40, 1).bias(false));
+        let y = b.act("pw_act", y, Activation::Hardswish);
+        let z = b.conv2d("dw", y, Conv::new(40, 40, 5).pad(2).groups(40));
+        let s = b.adaptive_avg_pool("se.pool", z, 1, 1);
+        let s = b.conv2d("se.fc1", s, Conv::new(40, 16, 1));
+        let s = b.act("se.relu", s, Activation::Relu);
+        let s = b.conv2d("se.fc2", s, Conv::new(16, 40, 1));
+        let s = b.act("se.sig", s, Activation::Sigmoid);
+        let z = b.mul("se.mul", z, s);
+        let z = b.conv2d("proj", z, Conv::new(40, 40, 3).pad(1).bias(false));
+        let z = b.batch_norm("proj_bn", z, 40);
+        let y = b.add("add", y, z);
+        let y = b.max_pool("pool", y, pool(3, 2, 1, true));
+        let y = b.avg_pool("avg", y, pool(2, 1, 0, false), true);
+        let y = b.flatten("flatten", y, 1);
+        let n = 40 * 4 * 4;
+        let y = b.linear("fc", y, n, 7, true);
+        let mut g = b.finish(&[y]);
+        weights::init_formula(&mut g);
+        let x = Tensor::from_f32(
+            vec![2, 3, 17, 15],
+            qvision_kernels::reference::pseudo_random(2 * 3 * 17 * 15, 9),
+        )
+        .unwrap();
+        let nchw = Session::new(
+            &g,
+            SessionOptions {
+                blocked: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let blocked = Session::new(
+            &g,
+            SessionOptions {
+                blocked: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(blocked
+            .graph()
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::ConvBlocked { .. })));
+        let a = nchw.run(vec![x.clone()]).unwrap();
+        let b = blocked.run(vec![x]).unwrap();
+        assert_eq!(a[0].shape(), b[0].shape());
+        for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
+            assert!((p - q).abs() < 1e-4 * (1.0 + p.abs()), "{p} vs {q}");
         }
     }
 

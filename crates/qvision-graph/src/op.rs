@@ -70,6 +70,19 @@ pub enum Op {
     ChannelShuffle {
         groups: usize,
     },
+    /// `[x]` NCHW to the blocked layout `[n, ceil(c/16), h, w, 16]` (zero-padded channels).
+    /// Inserted by [`crate::passes::to_blocked_layout`].
+    ToBlocked,
+    /// `[x]` blocked back to NCHW with `channels` channels.
+    FromBlocked {
+        channels: usize,
+    },
+    /// Conv2d on blocked input and output: `[x, weight, bias?, residual?]` as for `Conv2d`.
+    ConvBlocked {
+        params: Conv2dParams,
+        act: Option<Activation>,
+        residual: bool,
+    },
 }
 
 impl Op {
@@ -106,6 +119,9 @@ impl Op {
             Op::Softmax => "Softmax",
             Op::Dropout { .. } => "Dropout",
             Op::ChannelShuffle { .. } => "ChannelShuffle",
+            Op::ToBlocked => "ToBlocked",
+            Op::FromBlocked { .. } => "FromBlocked",
+            Op::ConvBlocked { .. } => "ConvBlocked",
         }
     }
 
@@ -180,14 +196,56 @@ impl Op {
             }
             Op::MaxPool2d(p) | Op::AvgPool2d { pool: p, .. } => {
                 want(1)?;
-                let [n, c, h, w] = nchw(ins[0])?;
+                let s = ins[0];
+                if s.len() == 5 {
+                    let (oh, ow) = p.output_size(s[2], s[3]).map_err(|e| e.to_string())?;
+                    return Ok(vec![vec![s[0], s[1], oh, ow, s[4]]]);
+                }
+                let [n, c, h, w] = nchw(s)?;
                 let (oh, ow) = p.output_size(h, w).map_err(|e| e.to_string())?;
                 vec![vec![n, c, oh, ow]]
             }
             Op::AdaptiveAvgPool2d { output } => {
                 want(1)?;
-                let [n, c, _, _] = nchw(ins[0])?;
+                let s = ins[0];
+                if s.len() == 5 {
+                    return Ok(vec![vec![s[0], s[1], output[0], output[1], s[4]]]);
+                }
+                let [n, c, _, _] = nchw(s)?;
                 vec![vec![n, c, output[0], output[1]]]
+            }
+            Op::ToBlocked => {
+                want(1)?;
+                let [n, c, h, w] = nchw(ins[0])?;
+                vec![vec![n, c.div_ceil(16), h, w, 16]]
+            }
+            Op::FromBlocked { channels } => {
+                want(1)?;
+                match ins[0] {
+                    [n, cb, h, w, 16] if cb * 16 >= *channels && *channels + 16 > cb * 16 => {
+                        vec![vec![*n, *channels, *h, *w]]
+                    }
+                    s => {
+                        return Err(format!(
+                            "{s:?} is not a blocked tensor of {channels} channels"
+                        ))
+                    }
+                }
+            }
+            Op::ConvBlocked { params, .. } => {
+                want(2)?;
+                match ins[0] {
+                    [n, cb, h, w, 16] if *cb == params.in_channels.div_ceil(16) => {
+                        let (oh, ow) = params.output_size(*h, *w).map_err(|e| e.to_string())?;
+                        vec![vec![*n, params.out_channels.div_ceil(16), oh, ow, 16]]
+                    }
+                    s => {
+                        return Err(format!(
+                            "{s:?} is not a blocked input of {} channels",
+                            params.in_channels
+                        ))
+                    }
+                }
             }
             Op::Binary(_) => {
                 want(2)?;
@@ -259,6 +317,16 @@ impl Op {
     /// Multiply-accumulates for one run with these input and output shapes.
     pub fn macs(&self, ins: &[&[usize]], outs: &[Vec<usize>]) -> u64 {
         match self {
+            Op::ConvBlocked { params, .. } => {
+                let [n, _, oh, ow, _] =
+                    <[usize; 5]>::try_from(outs[0].as_slice()).unwrap_or([0; 5]);
+                (n * params.out_channels
+                    * oh
+                    * ow
+                    * (params.in_channels / params.groups)
+                    * params.kernel[0]
+                    * params.kernel[1]) as u64
+            }
             Op::Conv2d { params, .. } => {
                 let out: usize = outs[0].iter().product();
                 (out * (params.in_channels / params.groups) * params.kernel[0] * params.kernel[1])

@@ -219,3 +219,181 @@ fn fold_bn(
         Tensor::from_f32(vec![cout], nb).ok()?,
     ))
 }
+
+/// How a value of the input graph is available in the rewritten one.
+#[derive(Clone, Copy)]
+enum Repr {
+    Nchw(ValueId),
+    /// Blocked value and its channel count.
+    Blocked(ValueId, usize),
+}
+
+/// Rewrite for the blocked `NCHW16c` layout: convs with a blocked kernel (one group with at
+/// least 16 input channels, or depthwise) and the pools, activations, adds and per-channel
+/// multiplies around them run blocked; `ToBlocked` / `FromBlocked` are inserted only where the
+/// layout changes. Everything else runs in NCHW as before. Run after
+/// [`optimize_for_inference`].
+pub fn to_blocked_layout(g: &Graph) -> Graph {
+    use qvision_kernels::blocked::conv::BlockedConv;
+    let mut out = Graph {
+        name: g.name.clone(),
+        values: g.values.clone(),
+        nodes: Vec::with_capacity(g.nodes.len()),
+        inputs: g.inputs.clone(),
+        outputs: vec![],
+        tensors: g.tensors.clone(),
+    };
+    let mut repr: HashMap<ValueId, Repr> = HashMap::new();
+    let mut to_b: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut to_n: HashMap<ValueId, ValueId> = HashMap::new();
+    let get =
+        |repr: &HashMap<ValueId, Repr>, v: ValueId| repr.get(&v).copied().unwrap_or(Repr::Nchw(v));
+
+    fn new_value(out: &mut Graph, name: String) -> ValueId {
+        out.values.push(crate::ir::Value {
+            name,
+            kind: ValueKind::Const,
+            dtype: DType::F32,
+            shape: None,
+        });
+        ValueId(out.values.len() - 1)
+    }
+    fn push(out: &mut Graph, name: String, op: Op, inputs: Vec<ValueId>, output: ValueId) {
+        out.values[output.0].kind = ValueKind::NodeOutput {
+            node: NodeId(out.nodes.len()),
+            index: 0,
+        };
+        out.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            outputs: vec![output],
+        });
+    }
+    // NCHW view of an original value (FromBlocked inserted once).
+    let nchw = |out: &mut Graph,
+                repr: &HashMap<ValueId, Repr>,
+                to_n: &mut HashMap<ValueId, ValueId>,
+                v: ValueId| match get(repr, v) {
+        Repr::Nchw(id) => id,
+        Repr::Blocked(b, c) => *to_n.entry(b).or_insert_with(|| {
+            let name = format!("{}.nchw", out.values[v.0].name);
+            let o = new_value(out, name.clone());
+            push(out, name, Op::FromBlocked { channels: c }, vec![b], o);
+            o
+        }),
+    };
+    // Blocked view of an original value with `c` channels (ToBlocked inserted once).
+    let blocked = |out: &mut Graph,
+                   repr: &HashMap<ValueId, Repr>,
+                   to_b: &mut HashMap<ValueId, ValueId>,
+                   v: ValueId| match get(repr, v) {
+        Repr::Blocked(b, _) => b,
+        Repr::Nchw(id) => *to_b.entry(id).or_insert_with(|| {
+            let name = format!("{}.blocked", out.values[id.0].name);
+            let o = new_value(out, name.clone());
+            push(out, name, Op::ToBlocked, vec![id], o);
+            o
+        }),
+    };
+    let is_blocked =
+        |repr: &HashMap<ValueId, Repr>, v: ValueId| matches!(get(repr, v), Repr::Blocked(..));
+    let channels = |repr: &HashMap<ValueId, Repr>, v: ValueId| match get(repr, v) {
+        Repr::Blocked(_, c) => c,
+        Repr::Nchw(_) => 0,
+    };
+
+    for node in &g.nodes {
+        let o0 = node.outputs[0];
+        let rename = |out: &mut Graph| {
+            let name = format!("{}.b", out.values[o0.0].name);
+            new_value(out, name)
+        };
+        match &node.op {
+            Op::Conv2d {
+                params,
+                act,
+                residual,
+            } if BlockedConv::supports(params)
+                && (params.groups > 1 || params.in_channels >= 16) =>
+            {
+                let mut ins = vec![blocked(&mut out, &repr, &mut to_b, node.inputs[0])];
+                let n_w = node.inputs.len() - usize::from(*residual);
+                ins.extend_from_slice(&node.inputs[1..n_w]);
+                if *residual {
+                    ins.push(blocked(&mut out, &repr, &mut to_b, node.inputs[n_w]));
+                }
+                let o = rename(&mut out);
+                let op = Op::ConvBlocked {
+                    params: *params,
+                    act: *act,
+                    residual: *residual,
+                };
+                push(&mut out, node.name.clone(), op, ins, o);
+                repr.insert(o0, Repr::Blocked(o, params.out_channels));
+            }
+            Op::Act(_) | Op::MaxPool2d(_) | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. }
+                if is_blocked(&repr, node.inputs[0]) =>
+            {
+                let c = channels(&repr, node.inputs[0]);
+                let x = blocked(&mut out, &repr, &mut to_b, node.inputs[0]);
+                let o = rename(&mut out);
+                push(&mut out, node.name.clone(), node.op.clone(), vec![x], o);
+                repr.insert(o0, Repr::Blocked(o, c));
+            }
+            Op::Binary(_)
+                if is_blocked(&repr, node.inputs[0])
+                    && is_blocked(&repr, node.inputs[1])
+                    && channels(&repr, node.inputs[0]) == channels(&repr, node.inputs[1]) =>
+            {
+                let c = channels(&repr, node.inputs[0]);
+                let a = blocked(&mut out, &repr, &mut to_b, node.inputs[0]);
+                let b = blocked(&mut out, &repr, &mut to_b, node.inputs[1]);
+                let o = rename(&mut out);
+                push(&mut out, node.name.clone(), node.op.clone(), vec![a, b], o);
+                repr.insert(o0, Repr::Blocked(o, c));
+            }
+            Op::Concat { axis: 1 }
+                if node
+                    .inputs
+                    .iter()
+                    .all(|&v| is_blocked(&repr, v) && channels(&repr, v) % 16 == 0) =>
+            {
+                let c = node.inputs.iter().map(|&v| channels(&repr, v)).sum();
+                let ins: Vec<ValueId> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| blocked(&mut out, &repr, &mut to_b, v))
+                    .collect();
+                let o = rename(&mut out);
+                push(&mut out, node.name.clone(), node.op.clone(), ins, o);
+                repr.insert(o0, Repr::Blocked(o, c));
+            }
+            _ => {
+                let ins: Vec<ValueId> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| nchw(&mut out, &repr, &mut to_n, v))
+                    .collect();
+                for (index, o) in node.outputs.iter().enumerate() {
+                    out.values[o.0].kind = ValueKind::NodeOutput {
+                        node: NodeId(out.nodes.len()),
+                        index,
+                    };
+                }
+                out.nodes.push(Node {
+                    name: node.name.clone(),
+                    op: node.op.clone(),
+                    inputs: ins,
+                    outputs: node.outputs.clone(),
+                });
+            }
+        }
+    }
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|&o| nchw(&mut out, &repr, &mut to_n, o))
+        .collect();
+    out
+}

@@ -4,6 +4,7 @@
 //! plain scalar reference in [`reference`] that the tests compare against.
 
 pub mod act;
+pub mod blocked;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;

@@ -1,0 +1,669 @@
+//! Direct convolution in NCHW16c: dense (any kernel, stride, padding, dilation, one group) and
+//! depthwise, with bias, residual and activation fused into the store.
+//!
+//! Dense: for each output block (16 output channels) and a run of `NPX` output pixels, the
+//! accumulators `[NPX][16]` stay in registers while every input channel, tap and lane is
+//! broadcast against a 16-wide weight vector. Depthwise: the same run, vectorised over the 16
+//! channels of a block.
+
+use super::{blocks, B};
+use crate::act::Activation;
+use crate::conv::Conv2dParams;
+use crate::isa::{self, Isa};
+use crate::{shape_err, KernelError};
+use qvision_tensor::pool;
+use rayon::prelude::*;
+
+/// Pixels per register-blocked run.
+const NPX: usize = 12;
+
+#[derive(Debug)]
+enum Kind {
+    /// `[ob][ib][ky][kx][16 ic][16 oc]`.
+    Dense { w: Vec<f32> },
+    /// `[cb][ky][kx][16]`.
+    Depthwise { w: Vec<f32> },
+}
+
+/// A convolution prepared for NCHW16c input and output.
+#[derive(Debug)]
+pub struct BlockedConv {
+    p: Conv2dParams,
+    kind: Kind,
+    /// `blocks(out) * 16`, zero padded.
+    bias: Vec<f32>,
+}
+
+/// Output geometry and the fused epilogue of one call.
+#[derive(Clone, Copy)]
+struct Geom {
+    ib: usize,
+    hp: usize,
+    wp: usize,
+    ow: usize,
+}
+
+impl BlockedConv {
+    /// Whether this geometry has a blocked kernel (one group, or depthwise with multiplier 1).
+    pub fn supports(p: &Conv2dParams) -> bool {
+        p.validate().is_ok()
+            && (p.groups == 1 || (p.groups == p.in_channels && p.out_channels == p.in_channels))
+    }
+
+    pub fn new(p: Conv2dParams, weight: &[f32], bias: Option<&[f32]>) -> Result<Self, KernelError> {
+        if !Self::supports(&p) || weight.len() != p.weight_len() {
+            return Err(shape_err(
+                "conv2d (blocked)",
+                format!("unsupported geometry or weight size {p:?}"),
+            ));
+        }
+        let [kh, kw] = p.kernel;
+        let ob = blocks(p.out_channels);
+        let kind = if p.groups == 1 {
+            let ib = blocks(p.in_channels);
+            let mut w = vec![0.0f32; ob * ib * kh * kw * B * B];
+            for oc in 0..p.out_channels {
+                for ic in 0..p.in_channels {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let v = weight[((oc * p.in_channels + ic) * kh + ky) * kw + kx];
+                            let idx = ((((oc / B * ib + ic / B) * kh + ky) * kw + kx) * B + ic % B)
+                                * B
+                                + oc % B;
+                            w[idx] = v;
+                        }
+                    }
+                }
+            }
+            Kind::Dense { w }
+        } else {
+            let mut w = vec![0.0f32; ob * kh * kw * B];
+            for c in 0..p.out_channels {
+                for k in 0..kh * kw {
+                    w[((c / B) * kh * kw + k) * B + c % B] = weight[c * kh * kw + k];
+                }
+            }
+            Kind::Depthwise { w }
+        };
+        let mut b = vec![0.0f32; ob * B];
+        if let Some(bias) = bias {
+            if bias.len() != p.out_channels {
+                return Err(shape_err("conv2d (blocked)", "bias size"));
+            }
+            b[..bias.len()].copy_from_slice(bias);
+        }
+        Ok(BlockedConv { p, kind, bias: b })
+    }
+
+    pub fn params(&self) -> &Conv2dParams {
+        &self.p
+    }
+
+    /// Run on `[n][blocks(cin)][h][w][16]`; returns `[n][blocks(cout)][oh][ow][16]`.
+    pub fn run(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<(Vec<f32>, usize, usize), KernelError> {
+        self.run_isa(isa::current(), x, n, h, w, residual, act)
+    }
+
+    /// [`BlockedConv::run`] on a given ISA (tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_isa(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<&[f32]>,
+        act: Option<Activation>,
+    ) -> Result<(Vec<f32>, usize, usize), KernelError> {
+        let p = &self.p;
+        let ib = blocks(p.in_channels);
+        let ob = blocks(p.out_channels);
+        if x.len() != n * ib * h * w * B {
+            return Err(shape_err(
+                "conv2d (blocked)",
+                format!("input has {} values, want {n}x{ib}x{h}x{w}x16", x.len()),
+            ));
+        }
+        let (oh, ow) = p.output_size(h, w)?;
+        let out_len = n * ob * oh * ow * B;
+        if residual.is_some_and(|r| r.len() != out_len) {
+            return Err(shape_err(
+                "conv2d (blocked)",
+                "residual does not match the output",
+            ));
+        }
+        // zero-padded input: every tap of every output pixel is in bounds
+        let [ph, pw] = p.padding;
+        let hp = (h + 2 * ph).max((oh - 1) * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0] + 1);
+        let wp = (w + 2 * pw).max((ow - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1] + 1);
+        let padded;
+        let xp: &[f32] = if (hp, wp) == (h, w) {
+            x
+        } else {
+            padded = pad(x, n * ib, h, w, ph, pw, hp, wp);
+            &padded
+        };
+        let g = Geom { ib, hp, wp, ow };
+        let mut out = pool::take(out_len);
+        let row = ow * B;
+        out.par_chunks_mut(row.max(1))
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let oy = r % oh;
+                let obi = (r / oh) % ob;
+                let nn = r / (oh * ob);
+                let res = residual.map(|rs| &rs[r * row..(r + 1) * row]);
+                let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
+                    .try_into()
+                    .expect("16 lanes");
+                match &self.kind {
+                    Kind::Dense { w } => {
+                        let wo = &w[obi * ib * p.kernel[0] * p.kernel[1] * B * B
+                            ..(obi + 1) * ib * p.kernel[0] * p.kernel[1] * B * B];
+                        let xn = &xp[nn * ib * hp * wp * B..(nn + 1) * ib * hp * wp * B];
+                        dense_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
+                    }
+                    Kind::Depthwise { w } => {
+                        let k = p.kernel[0] * p.kernel[1];
+                        let wc = &w[obi * k * B..(obi + 1) * k * B];
+                        let xc =
+                            &xp[(nn * ib + obi) * hp * wp * B..(nn * ib + obi + 1) * hp * wp * B];
+                        dw_row(isa, p, &g, xc, wc, bias, oy, dst, res, act);
+                    }
+                }
+            });
+        Ok((out, oh, ow))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pad(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    hp: usize,
+    wp: usize,
+) -> Vec<f32> {
+    let mut out = pool::take(planes * hp * wp * B);
+    out.par_chunks_mut(hp * wp * B)
+        .enumerate()
+        .for_each(|(pl, dst)| {
+            // zero only the border; the interior is overwritten
+            dst[..ph * wp * B].fill(0.0);
+            dst[(ph + h) * wp * B..].fill(0.0);
+            for y in 0..h {
+                let s = (pl * h + y) * w * B;
+                let r = (y + ph) * wp * B;
+                dst[r..r + pw * B].fill(0.0);
+                dst[r + pw * B..r + (pw + w) * B].copy_from_slice(&x[s..s + w * B]);
+                dst[r + (pw + w) * B..r + wp * B].fill(0.0);
+            }
+        });
+    out
+}
+
+#[inline(always)]
+fn finish(acc: &mut [f32; B], res: Option<&[f32]>, act: Option<Activation>) {
+    if let Some(r) = res {
+        for l in 0..B {
+            acc[l] += r[l];
+        }
+    }
+    match act {
+        None => {}
+        Some(Activation::Relu) => acc.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Some(Activation::Relu6) => acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Some(a) => acc.iter_mut().for_each(|v| *v = a.apply_scalar(*v)),
+    }
+}
+
+/// One output row of one output block, dense. Safe indexing; the compiler hoists the checks out
+/// of the `NPX x 16` inner block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dense_row_body<const FMA: bool>(
+    p: &Conv2dParams,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32; B],
+    oy: usize,
+    dst: &mut [f32],
+    res: Option<&[f32]>,
+    act: Option<Activation>,
+) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let mut ox0 = 0;
+    while ox0 < g.ow {
+        let npx = (g.ow - ox0).min(NPX);
+        let mut acc = [*bias; NPX];
+        for ib in 0..g.ib {
+            let plane = &x[ib * g.hp * g.wp * B..(ib + 1) * g.hp * g.wp * B];
+            for ky in 0..kh {
+                let row =
+                    &plane[(oy * sh + ky * dh) * g.wp * B..(oy * sh + ky * dh + 1) * g.wp * B];
+                for kx in 0..kw {
+                    let wk = &w[((ib * kh + ky) * kw + kx) * B * B
+                        ..((ib * kh + ky) * kw + kx + 1) * B * B];
+                    for ic in 0..B {
+                        let wv: &[f32; B] = wk[ic * B..(ic + 1) * B].try_into().expect("16 lanes");
+                        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+                            let xv = row[((ox0 + pi) * sw + kx * dw) * B + ic];
+                            for l in 0..B {
+                                a[l] = if FMA {
+                                    xv.mul_add(wv[l], a[l])
+                                } else {
+                                    a[l] + xv * wv[l]
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+            let o = (ox0 + pi) * B;
+            finish(a, res.map(|r| &r[o..o + B]), act);
+            dst[o..o + B].copy_from_slice(a);
+        }
+        ox0 += npx;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dw_row_body<const FMA: bool>(
+    p: &Conv2dParams,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32; B],
+    oy: usize,
+    dst: &mut [f32],
+    res: Option<&[f32]>,
+    act: Option<Activation>,
+) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let mut ox0 = 0;
+    while ox0 < g.ow {
+        let npx = (g.ow - ox0).min(NPX);
+        let mut acc = [*bias; NPX];
+        for ky in 0..kh {
+            let row = &x[(oy * sh + ky * dh) * g.wp * B..(oy * sh + ky * dh + 1) * g.wp * B];
+            for kx in 0..kw {
+                let wv: &[f32; B] = w[(ky * kw + kx) * B..(ky * kw + kx + 1) * B]
+                    .try_into()
+                    .expect("16 lanes");
+                for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+                    let s = ((ox0 + pi) * sw + kx * dw) * B;
+                    let xv: &[f32; B] = row[s..s + B].try_into().expect("16 lanes");
+                    for l in 0..B {
+                        a[l] = if FMA {
+                            xv[l].mul_add(wv[l], a[l])
+                        } else {
+                            a[l] + xv[l] * wv[l]
+                        };
+                    }
+                }
+            }
+        }
+        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+            let o = (ox0 + pi) * B;
+            finish(a, res.map(|r| &r[o..o + B]), act);
+            dst[o..o + B].copy_from_slice(a);
+        }
+        ox0 += npx;
+    }
+}
+
+macro_rules! row_fn {
+    ($name:ident, $body:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(
+            isa: Isa,
+            p: &Conv2dParams,
+            g: &Geom,
+            x: &[f32],
+            w: &[f32],
+            bias: &[f32; B],
+            oy: usize,
+            dst: &mut [f32],
+            res: Option<&[f32]>,
+            act: Option<Activation>,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(
+                    p: &Conv2dParams,
+                    g: &Geom,
+                    x: &[f32],
+                    w: &[f32],
+                    bias: &[f32; B],
+                    oy: usize,
+                    dst: &mut [f32],
+                    res: Option<&[f32]>,
+                    act: Option<Activation>,
+                ) {
+                    $body::<true>(p, g, x, w, bias, oy, dst, res, act)
+                }
+                match isa {
+                    // SAFETY: `isa` never exceeds `isa::best()`, which detected AVX-512F; the
+                    // SIMD row checks its bounds before any unchecked access.
+                    Isa::Avx512 => return x86::$name(p, g, x, w, bias, oy, dst, res, act),
+                    // SAFETY: as above, AVX2 and FMA were detected.
+                    Isa::Avx2 => return unsafe { avx2(p, g, x, w, bias, oy, dst, res, act) },
+                    Isa::Scalar => {}
+                }
+            }
+            let _ = isa;
+            $body::<false>(p, g, x, w, bias, oy, dst, res, act)
+        }
+    };
+}
+
+row_fn!(dense_row, dense_row_body);
+row_fn!(dw_row, dw_row_body);
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX-512 rows: `NPX` accumulator registers per run, weights as 16-wide vectors.
+    use super::{finish, Geom, B, NPX};
+    use crate::act::Activation;
+    use crate::conv::Conv2dParams;
+    use std::arch::x86_64::*;
+
+    /// Bounds every tap of every pixel of row `oy` (checked once, so the loops can read
+    /// unchecked).
+    fn check(
+        p: &Conv2dParams,
+        g: &Geom,
+        x_len: usize,
+        planes: usize,
+        oy: usize,
+        w_len: usize,
+        w_need: usize,
+        dst: usize,
+    ) {
+        let last_y = oy * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0];
+        let last_x = (g.ow - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1];
+        assert!(
+            last_y < g.hp && last_x < g.wp,
+            "taps stay inside the padded plane"
+        );
+        assert!(
+            x_len >= planes * g.hp * g.wp * B && w_len >= w_need && dst >= g.ow * B,
+            "operand sizes"
+        );
+    }
+
+    macro_rules! run_pixels {
+        ($npx:expr, $ox0:expr, $f:ident, $($args:expr),*) => {
+            match $npx {
+                12 => $f::<12>($($args,)* $ox0),
+                8..=11 => { $f::<8>($($args,)* $ox0); return $npx - 8 }
+                4..=7 => { $f::<4>($($args,)* $ox0); return $npx - 4 }
+                2..=3 => { $f::<2>($($args,)* $ox0); return $npx - 2 }
+                _ => $f::<1>($($args,)* $ox0),
+            }
+        };
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dense_row(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        res: Option<&[f32]>,
+        act: Option<Activation>,
+    ) {
+        let kk = p.kernel[0] * p.kernel[1];
+        check(
+            p,
+            g,
+            x.len(),
+            g.ib,
+            oy,
+            w.len(),
+            g.ib * kk * B * B,
+            dst.len(),
+        );
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let npx = (g.ow - ox0).min(NPX);
+            let left = {
+                #[allow(clippy::too_many_arguments)]
+                fn go(
+                    p: &Conv2dParams,
+                    g: &Geom,
+                    x: &[f32],
+                    w: &[f32],
+                    bias: &[f32; B],
+                    oy: usize,
+                    dst: &mut [f32],
+                    npx: usize,
+                    ox0: usize,
+                ) -> usize {
+                    // SAFETY: `dense_row` checked AVX-512F is available (via `isa`) and that every
+                    // tap of this row lies in `x`, every weight in `w`, every output in `dst`.
+                    unsafe {
+                        run_pixels!(npx, ox0, dense_px, p, g, x, w, bias, oy, dst);
+                    }
+                    0
+                }
+                go(p, g, x, w, bias, oy, dst, npx, ox0)
+            };
+            let done = npx - left;
+            for pi in 0..done {
+                let o = (ox0 + pi) * B;
+                let mut a: [f32; B] = dst[o..o + B].try_into().expect("16");
+                finish(&mut a, res.map(|r| &r[o..o + B]), act);
+                dst[o..o + B].copy_from_slice(&a);
+            }
+            ox0 += done;
+        }
+    }
+
+    /// `NPX` pixels of one output row of one output block.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `check` passed for this row; `ox0 + NPX <= ow`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dense_px<const N: usize>(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        ox0: usize,
+    ) {
+        let [kh, kw] = p.kernel;
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        // SAFETY: 16 floats.
+        let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+        let mut acc = [bv; N];
+        let xp = x.as_ptr();
+        let wp_ = w.as_ptr();
+        for ib in 0..g.ib {
+            for ky in 0..kh {
+                let row = (ib * g.hp + oy * sh + ky * dh) * g.wp * B;
+                for kx in 0..kw {
+                    let wk = ((ib * kh + ky) * kw + kx) * B * B;
+                    let base = row + (ox0 * sw + kx * dw) * B;
+                    for ic in 0..B {
+                        // SAFETY: weight (ib, ky, kx, ic) lies in `w` (checked size).
+                        let wv = unsafe { _mm512_loadu_ps(wp_.add(wk + ic * B)) };
+                        for (pi, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
+                            let xv = unsafe { *xp.add(base + pi * sw * B + ic) };
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, *a);
+                        }
+                    }
+                }
+            }
+        }
+        for (pi, a) in acc.iter().enumerate() {
+            // SAFETY: (ox0 + pi) < ow and dst holds ow * 16 values.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dw_row(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        res: Option<&[f32]>,
+        act: Option<Activation>,
+    ) {
+        let kk = p.kernel[0] * p.kernel[1];
+        check(p, g, x.len(), 1, oy, w.len(), kk * B, dst.len());
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let npx = (g.ow - ox0).min(NPX);
+            let left = {
+                #[allow(clippy::too_many_arguments)]
+                fn go(
+                    p: &Conv2dParams,
+                    g: &Geom,
+                    x: &[f32],
+                    w: &[f32],
+                    bias: &[f32; B],
+                    oy: usize,
+                    dst: &mut [f32],
+                    npx: usize,
+                    ox0: usize,
+                ) -> usize {
+                    // SAFETY: `dw_row` checked AVX-512F is available (via `isa`) and the bounds
+                    // of every tap, weight and output of this row.
+                    unsafe {
+                        run_pixels!(npx, ox0, dw_px, p, g, x, w, bias, oy, dst);
+                    }
+                    0
+                }
+                go(p, g, x, w, bias, oy, dst, npx, ox0)
+            };
+            let done = npx - left;
+            for pi in 0..done {
+                let o = (ox0 + pi) * B;
+                let mut a: [f32; B] = dst[o..o + B].try_into().expect("16");
+                finish(&mut a, res.map(|r| &r[o..o + B]), act);
+                dst[o..o + B].copy_from_slice(&a);
+            }
+            ox0 += done;
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F is available; `check` passed for this row; `ox0 + NPX <= ow`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dw_px<const N: usize>(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        ox0: usize,
+    ) {
+        let [kh, kw] = p.kernel;
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        // SAFETY: 16 floats.
+        let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+        let mut acc = [bv; N];
+        let xp = x.as_ptr();
+        for ky in 0..kh {
+            let row = (oy * sh + ky * dh) * g.wp * B;
+            for kx in 0..kw {
+                // SAFETY: tap (ky, kx) of the 16-lane weight lies in `w`.
+                let wv = unsafe { _mm512_loadu_ps(w.as_ptr().add((ky * kw + kx) * B)) };
+                let base = row + (ox0 * sw + kx * dw) * B;
+                for (pi, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
+                    let xv = unsafe { _mm512_loadu_ps(xp.add(base + pi * sw * B)) };
+                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                }
+            }
+        }
+        for (pi, a) in acc.iter().enumerate() {
+            // SAFETY: (ox0 + pi) < ow and dst holds ow * 16 values.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocked::{from_blocked, to_blocked};
+    use crate::reference;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn blocked_conv_matches_reference(cin in 1usize..40, cout in 1usize..40, k in 1usize..5, s in 1usize..3,
+                                          pad in 0usize..3, dil in 1usize..3, h in 1usize..14, w in 1usize..30,
+                                          n in 1usize..3, dw in any::<bool>(), res in any::<bool>(), relu in any::<bool>(),
+                                          seed in any::<u64>()) {
+            let pad = pad.min(k - 1);
+            let (h, w) = (h.max(dil * (k - 1) + 1), w.max(dil * (k - 1) + 1));
+            let (cout, groups) = if dw { (cin, cin) } else { (cout, 1) };
+            let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s],
+                                   padding: [pad, pad], dilation: [dil, dil], groups };
+            let x = reference::pseudo_random(n * cin * h * w, seed);
+            let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
+            let b = reference::pseudo_random(cout, seed ^ 2);
+            let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
+            let r = reference::pseudo_random(want.len(), seed ^ 3);
+            let act = relu.then_some(Activation::Relu);
+            for (v, rv) in want.iter_mut().zip(&r) {
+                if res { *v += rv; }
+                if let Some(a) = act { *v = a.apply_scalar(*v); }
+            }
+            let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+            let xb = to_blocked(&x, n, cin, h * w);
+            let rb = to_blocked(&r, n, cout, oh * ow);
+            for isa in isa::available() {
+                let (yb, ooh, oow) = conv.run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act).unwrap();
+                prop_assert_eq!((ooh, oow), (oh, ow));
+                let y = from_blocked(&yb, n, cout, oh * ow);
+                for (a, bb) in y.iter().zip(&want) {
+                    prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The blocked layout `NCHW16c`: `[n][c / 16][h][w][16]`, channels zero-padded to a multiple of
+//! 16. A 16-lane vector holds one pixel's 16 channels, so convolutions vectorise over output
+//! channels and depthwise/pooling over channels, whatever the spatial size.
+//!
+//! Kernels are portable Rust over `[f32; 16]` blocks with register-blocked loops, compiled per ISA
+//! (`crate::isa`); the references are the NCHW kernels and [`crate::reference`].
+
+pub mod conv;
+pub mod pool;
+
+/// Channels per block.
+pub const B: usize = 16;
+
+/// Number of channel blocks for `c` channels.
+pub fn blocks(c: usize) -> usize {
+    c.div_ceil(B)
+}
+
+/// NCHW to NCHW16c (padding channels are zero).
+pub fn to_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let cb = blocks(c);
+    let mut out = qvision_tensor::pool::take_zeroed(n * cb * hw * B);
+    for b in 0..n {
+        for ch in 0..c {
+            let src = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+            let (blk, lane) = (ch / B, ch % B);
+            let base = (b * cb + blk) * hw * B + lane;
+            for (i, &v) in src.iter().enumerate() {
+                out[base + i * B] = v;
+            }
+        }
+    }
+    out
+}
+
+/// NCHW16c to NCHW, dropping padding channels.
+pub fn from_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let cb = blocks(c);
+    let mut out = qvision_tensor::pool::take(n * c * hw);
+    for b in 0..n {
+        for ch in 0..c {
+            let dst = &mut out[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+            let (blk, lane) = (ch / B, ch % B);
+            let base = (b * cb + blk) * hw * B + lane;
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = x[base + i * B];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let x: Vec<f32> = (0..2 * 20 * 6).map(|v| v as f32).collect();
+        let b = to_blocked(&x, 2, 20, 6);
+        assert_eq!(b.len(), 2 * 2 * 6 * 16);
+        assert_eq!(b[16 + 1], x[7], "pixel 1 of channel 1");
+        assert_eq!(
+            b[6 * 16 + 5],
+            0.0,
+            "channel 21 (block 1, lane 5) is padding"
+        );
+        assert_eq!(from_blocked(&b, 2, 20, 6), x);
+    }
+}

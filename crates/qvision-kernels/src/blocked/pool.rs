@@ -1,0 +1,177 @@
+//! Pooling and per-channel scaling in NCHW16c, vectorised over the 16 lanes of a block, with
+//! PyTorch's size and divisor rules (shared with [`crate::pool`], their reference).
+
+use super::B;
+use crate::pool::Pool2dParams;
+use crate::{shape_err, KernelError};
+use qvision_tensor::pool;
+use rayon::prelude::*;
+
+/// Max pooling over `planes` blocked planes of `h x w x 16`.
+pub fn max_pool(
+    p: &Pool2dParams,
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<f32>, usize, usize), KernelError> {
+    window_pool(p, x, planes, h, w, true, false)
+}
+
+/// Average pooling (`count_include_pad` as in PyTorch).
+pub fn avg_pool(
+    p: &Pool2dParams,
+    count_include_pad: bool,
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<f32>, usize, usize), KernelError> {
+    window_pool(p, x, planes, h, w, false, count_include_pad)
+}
+
+fn window_pool(
+    p: &Pool2dParams,
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    max: bool,
+    count_include_pad: bool,
+) -> Result<(Vec<f32>, usize, usize), KernelError> {
+    if x.len() != planes * h * w * B {
+        return Err(shape_err("pool2d (blocked)", "input size"));
+    }
+    if !max && p.dilation != [1, 1] {
+        return Err(shape_err(
+            "avg_pool2d (blocked)",
+            "dilation is not supported",
+        ));
+    }
+    let (oh, ow) = p.output_size(h, w)?;
+    let mut out = pool::take(planes * oh * ow * B);
+    out.par_chunks_mut((oh * ow * B).max(1))
+        .enumerate()
+        .for_each(|(pl, y)| {
+            let xp = &x[pl * h * w * B..(pl + 1) * h * w * B];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; B];
+                    let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+                    let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+                    let mut count = 0usize;
+                    for ky in 0..p.kernel[0] {
+                        let iy = hs + (ky * p.dilation[0]) as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..p.kernel[1] {
+                            let ix = ws + (kx * p.dilation[1]) as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            count += 1;
+                            let v: &[f32; B] = xp[(iy as usize * w + ix as usize) * B..][..B]
+                                .try_into()
+                                .expect("16");
+                            for l in 0..B {
+                                acc[l] = if max {
+                                    if v[l] > acc[l] || v[l].is_nan() {
+                                        v[l]
+                                    } else {
+                                        acc[l]
+                                    }
+                                } else {
+                                    acc[l] + v[l]
+                                };
+                            }
+                        }
+                    }
+                    if !max {
+                        let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
+                        let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
+                        let div = if count_include_pad {
+                            ((he - hs) * (we - ws)) as f32
+                        } else {
+                            count as f32
+                        };
+                        acc.iter_mut().for_each(|a| *a /= div);
+                    }
+                    y[(oy * ow + ox) * B..(oy * ow + ox + 1) * B].copy_from_slice(&acc);
+                }
+            }
+        });
+    Ok((out, oh, ow))
+}
+
+/// `AdaptiveAvgPool2d((oh, ow))` over blocked planes.
+pub fn adaptive_avg_pool(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Vec<f32>, KernelError> {
+    if x.len() != planes * h * w * B || oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return Err(shape_err("adaptive_avg_pool2d (blocked)", "input size"));
+    }
+    let mut out = pool::take(planes * oh * ow * B);
+    out.par_chunks_mut(oh * ow * B)
+        .enumerate()
+        .for_each(|(pl, y)| {
+            let xp = &x[pl * h * w * B..(pl + 1) * h * w * B];
+            for oy in 0..oh {
+                let (hs, he) = (oy * h / oh, ((oy + 1) * h).div_ceil(oh));
+                for ox in 0..ow {
+                    let (ws, we) = (ox * w / ow, ((ox + 1) * w).div_ceil(ow));
+                    let mut acc = [0.0f32; B];
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            let v = &xp[(iy * w + ix) * B..(iy * w + ix + 1) * B];
+                            for l in 0..B {
+                                acc[l] += v[l];
+                            }
+                        }
+                    }
+                    let div = ((he - hs) * (we - ws)) as f32;
+                    for (o, a) in y[(oy * ow + ox) * B..(oy * ow + ox + 1) * B]
+                        .iter_mut()
+                        .zip(&acc)
+                    {
+                        *o = a / div;
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocked::{from_blocked, to_blocked};
+    use crate::reference::pseudo_random;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blocked_pools_match_nchw(c in 1usize..35, k in 1usize..4, s in 1usize..3, pad in 0usize..2, h in 1usize..10,
+                                    w in 1usize..10, ceil in any::<bool>(), cip in any::<bool>(), seed in any::<u64>()) {
+            let p = Pool2dParams { kernel: [k, k], stride: [s, s], padding: [pad.min(k / 2); 2], dilation: [1, 1], ceil_mode: ceil };
+            prop_assume!(p.output_size(h, w).is_ok());
+            let x = pseudo_random(c * h * w, seed);
+            let xb = to_blocked(&x, 1, c, h * w);
+            let planes = crate::blocked::blocks(c);
+            let (want, oh, ow) = crate::pool::max_pool2d(&p, &x, c, h, w).unwrap();
+            let (got, _, _) = max_pool(&p, &xb, planes, h, w).unwrap();
+            prop_assert_eq!(from_blocked(&got, 1, c, oh * ow), want);
+            let (want, _, _) = crate::pool::avg_pool2d(&p, cip, &x, c, h, w).unwrap();
+            let (got, _, _) = avg_pool(&p, cip, &xb, planes, h, w).unwrap();
+            prop_assert_eq!(from_blocked(&got, 1, c, oh * ow), want);
+            let want = crate::pool::adaptive_avg_pool2d(&x, c, h, w, 2, 3).unwrap();
+            let got = adaptive_avg_pool(&xb, planes, h, w, 2, 3).unwrap();
+            prop_assert_eq!(from_blocked(&got, 1, c, 6), want);
+        }
+    }
+}
