@@ -132,6 +132,12 @@ impl Session {
             let outs = run_node(g, node, prep, &mut env, &remaining)
                 .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
             let flops = match (&node.op, outs.first()) {
+                (Op::ConvBlocked { params, .. }, Some(y)) => {
+                    let px = y.shape().get(2..4).map_or(0, |s| s[0] * s[1]) * y.shape()[0];
+                    2.0 * (px * params.out_channels * params.in_channels / params.groups
+                        * params.kernel[0]
+                        * params.kernel[1]) as f64
+                }
                 (Op::Conv2d { params, .. }, Some(y)) => {
                     2.0 * (y.numel() * params.in_channels / params.groups
                         * params.kernel[0]
@@ -158,8 +164,9 @@ impl Session {
             }
             if let Some(p) = profile.as_mut() {
                 let key = match (&node.op, prep) {
-                    (Op::Conv2d { params, .. }, _) => format!(
-                        "Conv2d k{}x{} s{} {}",
+                    (Op::Conv2d { params, .. } | Op::ConvBlocked { params, .. }, _) => format!(
+                        "{} k{}x{} s{} {}",
+                        node.op.kind(),
                         params.kernel[0],
                         params.kernel[1],
                         params.stride[0],
@@ -390,14 +397,26 @@ fn run_node(
         }
         (Op::ConvBlocked { residual, act, .. }, Prepared::Blocked(conv)) => {
             let x = fetch(g, env, ins[0])?;
-            let [n, cb, h, w, _] = blocked5(x)?;
             let p = conv.params();
-            if cb != blocked::blocks(p.in_channels) {
-                return Err(format!(
-                    "input has {cb} channel blocks, conv expects {}",
-                    blocked::blocks(p.in_channels)
-                ));
-            }
+            let (n, h, w) = if conv.nchw_input() {
+                let [n, c, h, w] = nchw(x)?;
+                if c != p.in_channels {
+                    return Err(format!(
+                        "input has {c} channels, conv expects {}",
+                        p.in_channels
+                    ));
+                }
+                (n, h, w)
+            } else {
+                let [n, cb, h, w, _] = blocked5(x)?;
+                if cb != blocked::blocks(p.in_channels) {
+                    return Err(format!(
+                        "input has {cb} channel blocks, conv expects {}",
+                        blocked::blocks(p.in_channels)
+                    ));
+                }
+                (n, h, w)
+            };
             let (oh, ow) = p.output_size(h, w).map_err(ke)?;
             let shape = vec![n, blocked::blocks(p.out_channels), oh, ow, 16];
             let res = if *residual {

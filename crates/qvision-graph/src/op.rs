@@ -235,6 +235,14 @@ impl Op {
             Op::ConvBlocked { params, .. } => {
                 want(2)?;
                 match ins[0] {
+                    [n, c, h, w]
+                        if *c == params.in_channels
+                            && params.in_channels < 16
+                            && params.groups == 1 =>
+                    {
+                        let (oh, ow) = params.output_size(*h, *w).map_err(|e| e.to_string())?;
+                        vec![vec![*n, params.out_channels.div_ceil(16), oh, ow, 16]]
+                    }
                     [n, cb, h, w, 16] if *cb == params.in_channels.div_ceil(16) => {
                         let (oh, ow) = params.output_size(*h, *w).map_err(|e| e.to_string())?;
                         vec![vec![*n, params.out_channels.div_ceil(16), oh, ow, 16]]

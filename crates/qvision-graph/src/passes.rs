@@ -314,10 +314,14 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
                 params,
                 act,
                 residual,
-            } if BlockedConv::supports(params)
-                && (params.groups > 1 || params.in_channels >= 16) =>
-            {
-                let mut ins = vec![blocked(&mut out, &repr, &mut to_b, node.inputs[0])];
+            } if BlockedConv::supports(params) => {
+                // fewer than 16 input channels (a stem): the kernel reads NCHW directly
+                let x = if params.groups == 1 && params.in_channels < 16 {
+                    nchw(&mut out, &repr, &mut to_n, node.inputs[0])
+                } else {
+                    blocked(&mut out, &repr, &mut to_b, node.inputs[0])
+                };
+                let mut ins = vec![x];
                 let n_w = node.inputs.len() - usize::from(*residual);
                 ins.extend_from_slice(&node.inputs[1..n_w]);
                 if *residual {
