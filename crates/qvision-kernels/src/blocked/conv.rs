@@ -180,8 +180,9 @@ impl BlockedConv {
         let [ph, pw] = p.padding;
         let hp = (h + 2 * ph).max((oh_r - 1) * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0] + 1);
         let wp = (w + 2 * pw).max((ow_r - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1] + 1);
+        let depthwise = matches!(self.kind, Kind::Depthwise { .. });
         let padded;
-        let xp: &[f32] = if (hp, wp) == (h, w) {
+        let xp: &[f32] = if (hp, wp) == (h, w) || depthwise {
             x
         } else {
             padded = pad(x, n * ib, h, w, ph, pw, hp, wp, elem);
@@ -226,18 +227,44 @@ impl BlockedConv {
                                 let xn = &xp[nn * ib * hp * wp * B..(nn + 1) * ib * hp * wp * B];
                                 dense_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
                             }
-                            Kind::Depthwise { w } => {
+                            Kind::Depthwise { w: wts } => {
                                 let k = p.kernel[0] * p.kernel[1];
-                                let wc = &w[obi * k * B..(obi + 1) * k * B];
-                                let xc = &xp[(nn * ib + obi) * hp * wp * B
-                                    ..(nn * ib + obi + 1) * hp * wp * B];
-                                dw_row(isa, p, &g, xc, wc, bias, oy, dst, res, act);
+                                let wc = &wts[obi * k * B..(obi + 1) * k * B];
+                                let plane = (nn * ib + obi) * h * w * B;
+                                let xc = &xp[plane..plane + h * w * B];
+                                let (lo, hi) = interior_cols(p, w, ow_r);
+                                let row = super::dw::DwRow {
+                                    p,
+                                    x: xc,
+                                    h,
+                                    w,
+                                    wk: wc,
+                                    bias,
+                                    oy,
+                                    x0: c * CHUNK,
+                                    lo,
+                                    hi,
+                                };
+                                super::dw::row(isa, &row, dst, res, act);
                             }
                         }
                     });
             });
         Ok((out, oh, ow))
     }
+}
+
+/// Output columns whose every horizontal tap lies inside a row of `w` (no padding read).
+fn interior_cols(p: &Conv2dParams, w: usize, ow: usize) -> (usize, usize) {
+    let (s, pw, span) = (p.stride[1], p.padding[1], (p.kernel[1] - 1) * p.dilation[1]);
+    let lo = pw.div_ceil(s);
+    // ox * s - pw + span <= w - 1
+    let hi = if w + pw > span {
+        (w + pw - span - 1) / s + 1
+    } else {
+        0
+    };
+    (lo.min(ow), hi.min(ow).max(lo.min(ow)))
 }
 
 /// Zero-pad `planes` planes of `h x w` pixels of `e` values each to `hp x wp`.
@@ -392,54 +419,6 @@ fn nchw_row_body<const FMA: bool>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn dw_row_body<const FMA: bool>(
-    p: &Conv2dParams,
-    g: &Geom,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32; B],
-    oy: usize,
-    dst: &mut [f32],
-    res: Option<&[f32]>,
-    act: Option<Activation>,
-) {
-    let [kh, kw] = p.kernel;
-    let [sh, sw] = p.stride;
-    let [dh, dw] = p.dilation;
-    let mut ox0 = 0;
-    while ox0 < g.ow {
-        let npx = (g.ow - ox0).min(NPX);
-        let mut acc = [*bias; NPX];
-        for ky in 0..kh {
-            let row = &x[(oy * sh + ky * dh) * g.wp * B..(oy * sh + ky * dh + 1) * g.wp * B];
-            for kx in 0..kw {
-                let wv: &[f32; B] = w[(ky * kw + kx) * B..(ky * kw + kx + 1) * B]
-                    .try_into()
-                    .expect("16 lanes");
-                for (pi, a) in acc.iter_mut().enumerate().take(npx) {
-                    let s = ((g.x0 + ox0 + pi) * sw + kx * dw) * B;
-                    let xv: &[f32; B] = row[s..s + B].try_into().expect("16 lanes");
-                    for l in 0..B {
-                        a[l] = if FMA {
-                            xv[l].mul_add(wv[l], a[l])
-                        } else {
-                            a[l] + xv[l] * wv[l]
-                        };
-                    }
-                }
-            }
-        }
-        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
-            let o = (ox0 + pi) * B;
-            finish(a, res.map(|r| &r[o..o + B]), act);
-            dst[o..o + B].copy_from_slice(a);
-        }
-        ox0 += npx;
-    }
-}
-
 macro_rules! row_fn {
     ($name:ident, $body:ident) => {
         #[allow(clippy::too_many_arguments)]
@@ -488,7 +467,6 @@ macro_rules! row_fn {
 }
 
 row_fn!(dense_row, dense_row_body);
-row_fn!(dw_row, dw_row_body);
 row_fn!(nchw_row, nchw_row_body);
 
 #[cfg(target_arch = "x86_64")]
@@ -743,98 +721,7 @@ mod x86 {
             unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn dw_row(
-        p: &Conv2dParams,
-        g: &Geom,
-        x: &[f32],
-        w: &[f32],
-        bias: &[f32; B],
-        oy: usize,
-        dst: &mut [f32],
-        res: Option<&[f32]>,
-        act: Option<Activation>,
-    ) {
-        let kk = p.kernel[0] * p.kernel[1];
-        check(p, g, x.len(), 1, oy, w.len(), kk * B, dst.len());
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let npx = (g.ow - ox0).min(NPX);
-            let left = {
-                #[allow(clippy::too_many_arguments)]
-                fn go(
-                    p: &Conv2dParams,
-                    g: &Geom,
-                    x: &[f32],
-                    w: &[f32],
-                    bias: &[f32; B],
-                    oy: usize,
-                    dst: &mut [f32],
-                    npx: usize,
-                    ox0: usize,
-                ) -> usize {
-                    // SAFETY: `dw_row` checked AVX-512F is available (via `isa`) and the bounds
-                    // of every tap, weight and output of this row.
-                    unsafe {
-                        run_pixels!(npx, ox0, dw_px, p, g, x, w, bias, oy, dst);
-                    }
-                    0
-                }
-                go(p, g, x, w, bias, oy, dst, npx, ox0)
-            };
-            let done = npx - left;
-            for pi in 0..done {
-                let o = (ox0 + pi) * B;
-                let mut a: [f32; B] = dst[o..o + B].try_into().expect("16");
-                finish(&mut a, res.map(|r| &r[o..o + B]), act);
-                dst[o..o + B].copy_from_slice(&a);
-            }
-            ox0 += done;
-        }
-    }
-
-    /// # Safety
-    /// AVX-512F is available; `check` passed for this row; `ox0 + NPX <= ow`.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dw_px<const N: usize>(
-        p: &Conv2dParams,
-        g: &Geom,
-        x: &[f32],
-        w: &[f32],
-        bias: &[f32; B],
-        oy: usize,
-        dst: &mut [f32],
-        ox0: usize,
-    ) {
-        let [kh, kw] = p.kernel;
-        let [sh, sw] = p.stride;
-        let [dh, dw] = p.dilation;
-        // SAFETY: 16 floats.
-        let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
-        let mut acc = [bv; N];
-        let xp = x.as_ptr();
-        for ky in 0..kh {
-            let row = (oy * sh + ky * dh) * g.wp * B;
-            for kx in 0..kw {
-                // SAFETY: tap (ky, kx) of the 16-lane weight lies in `w`.
-                let wv = unsafe { _mm512_loadu_ps(w.as_ptr().add((ky * kw + kx) * B)) };
-                let base = row + ((g.x0 + ox0) * sw + kx * dw) * B;
-                for (pi, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
-                    let xv = unsafe { _mm512_loadu_ps(xp.add(base + pi * sw * B)) };
-                    *a = _mm512_fmadd_ps(xv, wv, *a);
-                }
-            }
-        }
-        for (pi, a) in acc.iter().enumerate() {
-            // SAFETY: (ox0 + pi) < ow and dst holds ow * 16 values.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
-        }
-    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! (`crate::isa`); the references are the NCHW kernels and [`crate::reference`].
 
 pub mod conv;
+mod dw;
 pub mod pool;
 
 /// Channels per block.
