@@ -56,7 +56,27 @@ impl Activation {
 
 #[inline]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// `e^x` in f32 without a libm call, so activation loops vectorise: `x = n ln2 + r` with
+/// |r| <= ln2/2, a degree-6 polynomial for `e^r` (relative error a few ulp), and `2^n` from the
+/// exponent bits. Saturates to 0 / inf outside the f32 range.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.336_55, 88.722_83);
+    // round to nearest with the 1.5 * 2^23 trick: plain arithmetic, no libm call
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    // Cody-Waite split of ln2 keeps r accurate
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
 }
 
 /// erf in f32 (Abramowitz & Stegun 7.1.26: 1.5e-7 in exact arithmetic, below 5e-7 in f32): fast for
@@ -68,7 +88,7 @@ pub fn erf_f32(x: f32) -> f32 {
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let r = 1.0 - poly * (-a * a).exp();
+    let r = 1.0 - poly * exp_f32(-a * a);
     r.copysign(x)
 }
 
@@ -100,6 +120,19 @@ mod tests {
             assert!((erf64(x) - want).abs() < 1e-12, "erf({x})");
             assert!((erf64(-x) + want).abs() < 1e-12, "erf(-{x})");
         }
+    }
+
+    #[test]
+    fn fast_exp_is_close_to_libm() {
+        let mut worst = 0.0f64;
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (a, b) = (exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 1e-6, "max relative error {worst}");
+        assert!(exp_f32(-200.0) >= 0.0 && exp_f32(-200.0) < 1e-37);
+        assert!(exp_f32(100.0) > 1e38, "saturates high, never NaN");
     }
 
     #[test]

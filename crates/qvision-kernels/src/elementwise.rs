@@ -80,6 +80,8 @@ pub fn binary(
     // (e.g. N,C,H,W op N,C,1,1 for squeeze-excitation, or C,1,1 layer scales).
     if let Some(out) = row_broadcast(op, a, a_shape, b, b_shape, &shape, false)
         .or_else(|| row_broadcast(op, b, b_shape, a, a_shape, &shape, true))
+        .or_else(|| middle_broadcast(op, a, a_shape, b, b_shape, &shape, false))
+        .or_else(|| middle_broadcast(op, b, b_shape, a, a_shape, &shape, true))
     {
         return Ok((out, shape));
     }
@@ -147,6 +149,51 @@ fn row_broadcast(
                     .iter_mut()
                     .zip(src)
                     .for_each(|(o, x)| *o = op.apply(*x, v));
+            }
+        });
+    Some(out)
+}
+
+/// `full` has the output shape; `small` equals it except on one contiguous run of dims where it
+/// is 1 (e.g. `[n, c/16, 1, 1, 16]` scales over `[n, c/16, h, w, 16]`).
+fn middle_broadcast(
+    op: BinaryOp,
+    full: &[f32],
+    full_shape: &[usize],
+    small: &[f32],
+    small_shape: &[usize],
+    out_shape: &[usize],
+    swapped: bool,
+) -> Option<Vec<f32>> {
+    if full_shape != out_shape || small_shape.len() != out_shape.len() {
+        return None;
+    }
+    let differ: Vec<usize> = (0..out_shape.len())
+        .filter(|&d| small_shape[d] != out_shape[d])
+        .collect();
+    let (&i, &j) = (differ.first()?, differ.last()?);
+    if differ.len() != j - i + 1 || differ.iter().any(|&d| small_shape[d] != 1) {
+        return None;
+    }
+    let mid: usize = out_shape[i..=j].iter().product();
+    let inner: usize = out_shape[j + 1..].iter().product();
+    if inner == 0 || mid == 0 {
+        return None;
+    }
+    let mut out = pool::take(full.len());
+    out.par_chunks_mut(mid * inner)
+        .zip(full.par_chunks(mid * inner))
+        .enumerate()
+        .for_each(|(o, (dst, src))| {
+            let sm = &small[o * inner..(o + 1) * inner];
+            for (d, s) in dst.chunks_mut(inner).zip(src.chunks(inner)) {
+                for ((dv, sv), v) in d.iter_mut().zip(s).zip(sm) {
+                    *dv = if swapped {
+                        op.apply(*v, *sv)
+                    } else {
+                        op.apply(*sv, *v)
+                    };
+                }
             }
         });
     Some(out)

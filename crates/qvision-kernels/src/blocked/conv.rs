@@ -51,8 +51,12 @@ struct Geom {
 impl BlockedConv {
     /// Whether this geometry has a blocked kernel (one group, or depthwise with multiplier 1).
     pub fn supports(p: &Conv2dParams) -> bool {
+        let grouped_blocks = (p.in_channels / p.groups.max(1)).is_multiple_of(B)
+            && (p.out_channels / p.groups.max(1)).is_multiple_of(B);
         p.validate().is_ok()
-            && (p.groups == 1 || (p.groups == p.in_channels && p.out_channels == p.in_channels))
+            && (p.groups == 1
+                || (p.groups == p.in_channels && p.out_channels == p.in_channels)
+                || grouped_blocks)
     }
 
     pub fn new(p: Conv2dParams, weight: &[f32], bias: Option<&[f32]>) -> Result<Self, KernelError> {
@@ -76,14 +80,17 @@ impl BlockedConv {
                 }
             }
             Kind::DenseNchwIn { w }
-        } else if p.groups == 1 {
-            let ib = blocks(p.in_channels);
+        } else if p.groups == 1 || p.groups != p.in_channels {
+            // one group, or groups of whole blocks: each output block reads its group's
+            // `ib` input blocks
+            let cin_g = p.in_channels / p.groups;
+            let ib = blocks(cin_g);
             let mut w = vec![0.0f32; ob * ib * kh * kw * B * B];
             for oc in 0..p.out_channels {
-                for ic in 0..p.in_channels {
+                for ic in 0..cin_g {
                     for ky in 0..kh {
                         for kx in 0..kw {
-                            let v = weight[((oc * p.in_channels + ic) * kh + ky) * kw + kx];
+                            let v = weight[((oc * cin_g + ic) * kh + ky) * kw + kx];
                             let idx = ((((oc / B * ib + ic / B) * kh + ky) * kw + kx) * B + ic % B)
                                 * B
                                 + oc % B;
@@ -222,9 +229,15 @@ impl BlockedConv {
                                 nchw_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
                             }
                             Kind::Dense { w } => {
-                                let k = ib * p.kernel[0] * p.kernel[1] * B * B;
+                                // input blocks of this output block's group
+                                let ibg = blocks(p.in_channels / p.groups);
+                                let ib0 = obi * B / (p.out_channels / p.groups) * ibg;
+                                let k = ibg * p.kernel[0] * p.kernel[1] * B * B;
                                 let wo = &w[obi * k..(obi + 1) * k];
-                                let xn = &xp[nn * ib * hp * wp * B..(nn + 1) * ib * hp * wp * B];
+                                let plane = hp * wp * B;
+                                let xn =
+                                    &xp[(nn * ib + ib0) * plane..(nn * ib + ib0 + ibg) * plane];
+                                let g = Geom { ib: ibg, ..g };
                                 dense_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
                             }
                             Kind::Depthwise { w: wts } => {
@@ -738,7 +751,13 @@ mod tests {
                                           seed in any::<u64>()) {
             let pad = pad.min(k - 1);
             let (h, w) = (h.max(dil * (k - 1) + 1), w.max(dil * (k - 1) + 1));
-            let (cout, groups) = if dw { (cin, cin) } else { (cout, 1) };
+            let (cin, cout, groups) = if dw {
+                (cin, cin, cin)
+            } else if cout % 3 == 0 {
+                (32, 64, 2) // groups of whole blocks (RegNet style)
+            } else {
+                (cin, cout, 1)
+            };
             let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s],
                                    padding: [pad, pad], dilation: [dil, dil], groups };
             let x = reference::pseudo_random(n * cin * h * w, seed);
