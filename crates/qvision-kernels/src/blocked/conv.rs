@@ -226,7 +226,7 @@ impl BlockedConv {
                                 let k = p.kernel[0] * p.kernel[1] * p.in_channels * B;
                                 let wo = &w[obi * k..(obi + 1) * k];
                                 let xn = &xp[nn * ib * hp * wp..(nn + 1) * ib * hp * wp];
-                                nchw_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
+                                nchw_row(isa, p, &g, xn, wo, bias, oy, dst);
                             }
                             Kind::Dense { w } => {
                                 // input blocks of this output block's group
@@ -238,7 +238,7 @@ impl BlockedConv {
                                 let xn =
                                     &xp[(nn * ib + ib0) * plane..(nn * ib + ib0 + ibg) * plane];
                                 let g = Geom { ib: ibg, ..g };
-                                dense_row(isa, p, &g, xn, wo, bias, oy, dst, res, act);
+                                dense_row(isa, p, &g, xn, wo, bias, oy, dst);
                             }
                             Kind::Depthwise { w: wts } => {
                                 let k = p.kernel[0] * p.kernel[1];
@@ -258,9 +258,10 @@ impl BlockedConv {
                                     lo,
                                     hi,
                                 };
-                                super::dw::row(isa, &row, dst, res, act);
+                                super::dw::row(isa, &row, dst);
                             }
                         }
+                        finish_chunk(isa, dst, res, act);
                     });
             });
         Ok((out, oh, ow))
@@ -311,18 +312,18 @@ fn pad(
     out
 }
 
-#[inline(always)]
-fn finish(acc: &mut [f32; B], res: Option<&[f32]>, act: Option<Activation>) {
+/// Residual add and activation over a finished chunk of output pixels.
+pub(crate) fn finish_chunk(
+    isa: Isa,
+    dst: &mut [f32],
+    res: Option<&[f32]>,
+    act: Option<Activation>,
+) {
     if let Some(r) = res {
-        for l in 0..B {
-            acc[l] += r[l];
-        }
+        dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
     }
-    match act {
-        None => {}
-        Some(Activation::Relu) => acc.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Some(Activation::Relu6) => acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        Some(a) => acc.iter_mut().for_each(|v| *v = a.apply_scalar(*v)),
+    if let Some(a) = act {
+        crate::act::apply_slice(isa, dst, a);
     }
 }
 
@@ -338,8 +339,6 @@ fn dense_row_body<const FMA: bool>(
     bias: &[f32; B],
     oy: usize,
     dst: &mut [f32],
-    res: Option<&[f32]>,
-    act: Option<Activation>,
 ) {
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
@@ -374,7 +373,6 @@ fn dense_row_body<const FMA: bool>(
         }
         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
             let o = (ox0 + pi) * B;
-            finish(a, res.map(|r| &r[o..o + B]), act);
             dst[o..o + B].copy_from_slice(a);
         }
         ox0 += npx;
@@ -392,8 +390,6 @@ fn nchw_row_body<const FMA: bool>(
     bias: &[f32; B],
     oy: usize,
     dst: &mut [f32],
-    res: Option<&[f32]>,
-    act: Option<Activation>,
 ) {
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
@@ -425,7 +421,6 @@ fn nchw_row_body<const FMA: bool>(
         }
         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
             let o = (ox0 + pi) * B;
-            finish(a, res.map(|r| &r[o..o + B]), act);
             dst[o..o + B].copy_from_slice(a);
         }
         ox0 += npx;
@@ -444,8 +439,6 @@ macro_rules! row_fn {
             bias: &[f32; B],
             oy: usize,
             dst: &mut [f32],
-            res: Option<&[f32]>,
-            act: Option<Activation>,
         ) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -459,22 +452,20 @@ macro_rules! row_fn {
                     bias: &[f32; B],
                     oy: usize,
                     dst: &mut [f32],
-                    res: Option<&[f32]>,
-                    act: Option<Activation>,
                 ) {
-                    $body::<true>(p, g, x, w, bias, oy, dst, res, act)
+                    $body::<true>(p, g, x, w, bias, oy, dst)
                 }
                 match isa {
                     // SAFETY: `isa` never exceeds `isa::best()`, which detected AVX-512F; the
                     // SIMD row checks its bounds before any unchecked access.
-                    Isa::Avx512 => return x86::$name(p, g, x, w, bias, oy, dst, res, act),
+                    Isa::Avx512 => return x86::$name(p, g, x, w, bias, oy, dst),
                     // SAFETY: as above, AVX2 and FMA were detected.
-                    Isa::Avx2 => return unsafe { avx2(p, g, x, w, bias, oy, dst, res, act) },
+                    Isa::Avx2 => return unsafe { avx2(p, g, x, w, bias, oy, dst) },
                     Isa::Scalar => {}
                 }
             }
             let _ = isa;
-            $body::<false>(p, g, x, w, bias, oy, dst, res, act)
+            $body::<false>(p, g, x, w, bias, oy, dst)
         }
     };
 }
@@ -485,8 +476,8 @@ row_fn!(nchw_row, nchw_row_body);
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX-512 rows: `NPX` accumulator registers per run, weights as 16-wide vectors.
-    use super::{finish, Geom, B, NPX};
-    use crate::act::Activation;
+    use super::{Geom, B, NPX};
+
     use crate::conv::Conv2dParams;
     use std::arch::x86_64::*;
 
@@ -535,8 +526,6 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
-        res: Option<&[f32]>,
-        act: Option<Activation>,
     ) {
         let kk = p.kernel[0] * p.kernel[1];
         check(
@@ -575,12 +564,6 @@ mod x86 {
                 go(p, g, x, w, bias, oy, dst, npx, ox0)
             };
             let done = npx - left;
-            for pi in 0..done {
-                let o = (ox0 + pi) * B;
-                let mut a: [f32; B] = dst[o..o + B].try_into().expect("16");
-                finish(&mut a, res.map(|r| &r[o..o + B]), act);
-                dst[o..o + B].copy_from_slice(&a);
-            }
             ox0 += done;
         }
     }
@@ -642,8 +625,6 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
-        res: Option<&[f32]>,
-        act: Option<Activation>,
     ) {
         let kk = p.kernel[0] * p.kernel[1];
         let last_y = oy * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0];
@@ -682,12 +663,6 @@ mod x86 {
                 go(p, g, x, w, bias, oy, dst, npx, ox0)
             };
             let done = npx - left;
-            for pi in 0..done {
-                let o = (ox0 + pi) * B;
-                let mut a: [f32; B] = dst[o..o + B].try_into().expect("16");
-                finish(&mut a, res.map(|r| &r[o..o + B]), act);
-                dst[o..o + B].copy_from_slice(&a);
-            }
             ox0 += done;
         }
     }

@@ -3,7 +3,6 @@
 //! register-blocked SIMD; border pixels take a checked path.
 
 use super::B;
-use crate::act::Activation;
 use crate::conv::Conv2dParams;
 use crate::isa::Isa;
 
@@ -60,28 +59,9 @@ fn pixel_checked(r: &DwRow<'_>, ky_rows: &[(usize, usize)], ox: usize, out: &mut
     }
 }
 
-fn finish(a: &mut [f32; B], res: Option<&[f32]>, act: Option<Activation>) {
-    if let Some(r) = res {
-        for l in 0..B {
-            a[l] += r[l];
-        }
-    }
-    match act {
-        None => {}
-        Some(Activation::Relu) => a.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Some(Activation::Relu6) => a.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        Some(f) => a.iter_mut().for_each(|v| *v = f.apply_scalar(*v)),
-    }
-}
-
-/// Compute `dst` (this chunk's pixels) for one output row.
-pub(crate) fn row(
-    isa: Isa,
-    r: &DwRow<'_>,
-    dst: &mut [f32],
-    res: Option<&[f32]>,
-    act: Option<Activation>,
-) {
+/// Compute `dst` (this chunk's pixels) for one output row (bias only; the caller adds the
+/// residual and applies the activation).
+pub(crate) fn row(isa: Isa, r: &DwRow<'_>, dst: &mut [f32]) {
     let (ky_rows, nk) = rows(r);
     let ky_rows = &ky_rows[..nk];
     let n = dst.len() / B;
@@ -106,11 +86,6 @@ pub(crate) fn row(
         } else {
             i += done;
         }
-    }
-    for (j, px) in dst.chunks_exact_mut(B).enumerate() {
-        let mut a: [f32; B] = px.try_into().expect("16");
-        finish(&mut a, res.map(|rs| &rs[j * B..(j + 1) * B]), act);
-        px.copy_from_slice(&a);
     }
 }
 
