@@ -508,6 +508,22 @@ fn run_node(
             *shape.last_mut().unwrap_or(&mut 0) = *out;
             one(tensor(shape, y)?)
         }
+        (Op::BatchNorm2d { eps }, _) if fetch(g, env, ins[0])?.ndim() == 5 => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            let [n, _, h, w, _] = blocked5(&x)?;
+            let p: Vec<&[f32]> = ins[1..5]
+                .iter()
+                .map(|&i| fetch(g, env, i).and_then(f32s))
+                .collect::<Result<_, _>>()?;
+            let c = p[0].len();
+            let (scale, shift) = norm::batch_norm_affine(p[0], p[1], p[2], p[3], *eps);
+            let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
+            if xs.len() != n * blocked::blocks(c) * h * w * 16 {
+                return Err(format!("{c} channels do not match the blocked input"));
+            }
+            blocked::channel_affine(xs, n, c, h * w, &scale, &shift);
+            one(x)
+        }
         (Op::BatchNorm2d { eps }, _) => {
             let mut x = take(g, env, remaining, ins[0])?;
             let s = x.shape().to_vec();
@@ -702,6 +718,7 @@ mod tests {
         let s = b.act("se.sig", s, Activation::Sigmoid);
         let z = b.mul("se.mul", z, s);
         let y = b.add("add", y, z);
+        let y = b.batch_norm("post_bn", y, 8); // not after a conv: stays a (blocked) BatchNorm
         let y = b.max_pool("pool", y, pool(3, 2, 1, true));
         let y = b.flatten("flatten", y, 1);
         let y = b.dropout("drop", y, 0.2);
@@ -813,6 +830,7 @@ mod tests {
         let z = b.conv2d("proj", z, Conv::new(40, 40, 3).pad(1).bias(false));
         let z = b.batch_norm("proj_bn", z, 40);
         let y = b.add("add", y, z);
+        let y = b.batch_norm("post_bn", y, 40); // not after a conv: stays a (blocked) BatchNorm
         let y = b.max_pool("pool", y, pool(3, 2, 1, true));
         let y = b.avg_pool("avg", y, pool(2, 1, 0, false), true);
         let y = b.flatten("flatten", y, 1);

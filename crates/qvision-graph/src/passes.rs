@@ -336,13 +336,18 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
                 push(&mut out, node.name.clone(), op, ins, o);
                 repr.insert(o0, Repr::Blocked(o, params.out_channels));
             }
-            Op::Act(_) | Op::MaxPool2d(_) | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. }
+            Op::Act(_)
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d { .. }
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::BatchNorm2d { .. }
                 if is_blocked(&repr, node.inputs[0]) =>
             {
                 let c = channels(&repr, node.inputs[0]);
-                let x = blocked(&mut out, &repr, &mut to_b, node.inputs[0]);
+                let mut ins = vec![blocked(&mut out, &repr, &mut to_b, node.inputs[0])];
+                ins.extend_from_slice(&node.inputs[1..]);
                 let o = rename(&mut out);
-                push(&mut out, node.name.clone(), node.op.clone(), vec![x], o);
+                push(&mut out, node.name.clone(), node.op.clone(), ins, o);
                 repr.insert(o0, Repr::Blocked(o, c));
             }
             Op::Binary(_)

@@ -51,6 +51,29 @@ pub fn from_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     out
 }
 
+/// `x = x * scale[c] + shift[c]` per channel over blocked planes (an inference BatchNorm);
+/// `scale` and `shift` hold `c` values (padding lanes are left as they are).
+pub fn channel_affine(x: &mut [f32], n: usize, c: usize, hw: usize, scale: &[f32], shift: &[f32]) {
+    use rayon::prelude::*;
+    let cb = blocks(c);
+    let mut s = vec![1.0f32; cb * B];
+    let mut t = vec![0.0f32; cb * B];
+    s[..c].copy_from_slice(&scale[..c]);
+    t[..c].copy_from_slice(&shift[..c]);
+    x[..n * cb * hw * B]
+        .par_chunks_mut(hw * B)
+        .enumerate()
+        .for_each(|(pl, plane)| {
+            let blk = pl % cb;
+            let (sv, tv) = (&s[blk * B..(blk + 1) * B], &t[blk * B..(blk + 1) * B]);
+            for px in plane.chunks_exact_mut(B) {
+                for l in 0..B {
+                    px[l] = px[l] * sv[l] + tv[l];
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +90,20 @@ mod tests {
             "channel 21 (block 1, lane 5) is padding"
         );
         assert_eq!(from_blocked(&b, 2, 20, 6), x);
+    }
+
+    #[test]
+    fn channel_affine_matches_nchw_batch_norm() {
+        let x: Vec<f32> = (0..2 * 20 * 6).map(|v| v as f32 * 0.1).collect();
+        let scale: Vec<f32> = (0..20).map(|c| 1.0 + c as f32 * 0.01).collect();
+        let shift: Vec<f32> = (0..20).map(|c| c as f32 * -0.2).collect();
+        let mut want = x.clone();
+        for (i, v) in want.iter_mut().enumerate() {
+            let c = (i / 6) % 20;
+            *v = *v * scale[c] + shift[c];
+        }
+        let mut b = to_blocked(&x, 2, 20, 6);
+        channel_affine(&mut b, 2, 20, 6, &scale, &shift);
+        assert_eq!(from_blocked(&b, 2, 20, 6), want);
     }
 }
