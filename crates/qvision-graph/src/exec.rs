@@ -335,6 +335,28 @@ fn nchw(t: &Tensor) -> Result<[usize; 4], String> {
         .map_err(|_| format!("expects an NCHW input, got shape {:?}", t.shape()))
 }
 
+/// Run a conv whose epilogue adds `residual` then applies `act`. A residual of another shape
+/// (broadcasting) falls back to conv, then add, then act.
+fn with_residual(
+    shape: &[usize],
+    residual: Option<&Tensor>,
+    act: Option<qvision_kernels::Activation>,
+    conv: impl Fn(Option<&[f32]>, Option<qvision_kernels::Activation>) -> Result<Vec<f32>, String>,
+) -> Result<Vec<f32>, String> {
+    match residual {
+        Some(r) if r.shape() != shape => {
+            let y = conv(None, None)?;
+            let (mut y, _) =
+                binary(BinaryOp::Add, &y, shape, f32s(r)?, r.shape()).map_err(|e| e.to_string())?;
+            if let Some(a) = act {
+                a.apply(&mut y);
+            }
+            Ok(y)
+        }
+        r => conv(r.map(f32s).transpose()?, act),
+    }
+}
+
 fn blocked5(t: &Tensor) -> Result<[usize; 5], String> {
     match <[usize; 5]>::try_from(t.shape()) {
         Ok(s) if s[4] == 16 => Ok(s),
@@ -377,22 +399,10 @@ fn run_node(
             } else {
                 None
             };
-            let y = match res {
-                Some(r) if r.shape() != shape.as_slice() => {
-                    // broadcasting residual: conv, then add, then act
-                    let (y, _, _) = conv.run_with(f32s(x)?, n, h, w, None, None).map_err(ke)?;
-                    let (mut y, _) =
-                        binary(BinaryOp::Add, &y, &shape, f32s(r)?, r.shape()).map_err(ke)?;
-                    if let Some(a) = act {
-                        a.apply(&mut y);
-                    }
-                    y
-                }
-                r => {
-                    let r = r.map(f32s).transpose()?;
-                    conv.run_with(f32s(x)?, n, h, w, r, *act).map_err(ke)?.0
-                }
-            };
+            let xs = f32s(x)?;
+            let y = with_residual(&shape, res, *act, |r, a| {
+                conv.run_with(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
+            })?;
             one(tensor(shape, y)?)
         }
         (Op::ConvBlocked { residual, act, .. }, Prepared::Blocked(conv)) => {
@@ -424,21 +434,10 @@ fn run_node(
             } else {
                 None
             };
-            let y = match res {
-                Some(r) if r.shape() != shape.as_slice() => {
-                    let (y, _, _) = conv.run(f32s(x)?, n, h, w, None, None).map_err(ke)?;
-                    let (mut y, _) =
-                        binary(BinaryOp::Add, &y, &shape, f32s(r)?, r.shape()).map_err(ke)?;
-                    if let Some(a) = act {
-                        a.apply(&mut y);
-                    }
-                    y
-                }
-                r => {
-                    let r = r.map(f32s).transpose()?;
-                    conv.run(f32s(x)?, n, h, w, r, *act).map_err(ke)?.0
-                }
-            };
+            let xs = f32s(x)?;
+            let y = with_residual(&shape, res, *act, |r, a| {
+                conv.run(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
+            })?;
             one(tensor(shape, y)?)
         }
         (Op::ToBlocked, _) => {

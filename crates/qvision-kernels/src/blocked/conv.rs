@@ -476,7 +476,7 @@ row_fn!(nchw_row, nchw_row_body);
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX-512 rows: `NPX` accumulator registers per run, weights as 16-wide vectors.
-    use super::{Geom, B, NPX};
+    use super::{Geom, B};
 
     use crate::conv::Conv2dParams;
     use std::arch::x86_64::*;
@@ -505,19 +505,23 @@ mod x86 {
         );
     }
 
-    macro_rules! run_pixels {
-        ($npx:expr, $ox0:expr, $f:ident, $($args:expr),*) => {
-            match $npx {
-                12 => $f::<12>($($args,)* $ox0),
-                8..=11 => { $f::<8>($($args,)* $ox0); return $npx - 8 }
-                4..=7 => { $f::<4>($($args,)* $ox0); return $npx - 4 }
-                2..=3 => { $f::<2>($($args,)* $ox0); return $npx - 2 }
-                _ => $f::<1>($($args,)* $ox0),
+    /// Run `kernel::<N>` over the row in runs of 12, 8, 4, 2 and 1 pixels.
+    macro_rules! pixel_runs {
+        ($ow:expr, $kernel:ident, $($args:expr),*) => {{
+            let mut ox0 = 0;
+            while ox0 < $ow {
+                let n = match $ow - ox0 {
+                    12.. => { $kernel::<12>($($args,)* ox0); 12 }
+                    8..=11 => { $kernel::<8>($($args,)* ox0); 8 }
+                    4..=7 => { $kernel::<4>($($args,)* ox0); 4 }
+                    2..=3 => { $kernel::<2>($($args,)* ox0); 2 }
+                    _ => { $kernel::<1>($($args,)* ox0); 1 }
+                };
+                ox0 += n;
             }
-        };
+        }};
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn dense_row(
         p: &Conv2dParams,
         g: &Geom,
@@ -538,34 +542,9 @@ mod x86 {
             g.ib * kk * B * B,
             dst.len(),
         );
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let npx = (g.ow - ox0).min(NPX);
-            let left = {
-                #[allow(clippy::too_many_arguments)]
-                fn go(
-                    p: &Conv2dParams,
-                    g: &Geom,
-                    x: &[f32],
-                    w: &[f32],
-                    bias: &[f32; B],
-                    oy: usize,
-                    dst: &mut [f32],
-                    npx: usize,
-                    ox0: usize,
-                ) -> usize {
-                    // SAFETY: `dense_row` checked AVX-512F is available (via `isa`) and that every
-                    // tap of this row lies in `x`, every weight in `w`, every output in `dst`.
-                    unsafe {
-                        run_pixels!(npx, ox0, dense_px, p, g, x, w, bias, oy, dst);
-                    }
-                    0
-                }
-                go(p, g, x, w, bias, oy, dst, npx, ox0)
-            };
-            let done = npx - left;
-            ox0 += done;
-        }
+        // SAFETY: the caller chose this path because AVX-512F was detected; `check` bounds every
+        // tap of this row in `x`, every weight in `w` and every output in `dst`.
+        unsafe { pixel_runs!(g.ow, dense_px, p, g, x, w, bias, oy, dst) }
     }
 
     /// `NPX` pixels of one output row of one output block.
@@ -616,7 +595,6 @@ mod x86 {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn nchw_row(
         p: &Conv2dParams,
         g: &Geom,
@@ -637,34 +615,8 @@ mod x86 {
             x.len() >= g.ib * g.hp * g.wp && w.len() >= kk * g.ib * B && dst.len() >= g.ow * B,
             "operand sizes"
         );
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let npx = (g.ow - ox0).min(NPX);
-            let left = {
-                #[allow(clippy::too_many_arguments)]
-                fn go(
-                    p: &Conv2dParams,
-                    g: &Geom,
-                    x: &[f32],
-                    w: &[f32],
-                    bias: &[f32; B],
-                    oy: usize,
-                    dst: &mut [f32],
-                    npx: usize,
-                    ox0: usize,
-                ) -> usize {
-                    // SAFETY: `nchw_row` checked AVX-512F is available (via `isa`) and the bounds
-                    // of every tap, weight and output of this row.
-                    unsafe {
-                        run_pixels!(npx, ox0, nchw_px, p, g, x, w, bias, oy, dst);
-                    }
-                    0
-                }
-                go(p, g, x, w, bias, oy, dst, npx, ox0)
-            };
-            let done = npx - left;
-            ox0 += done;
-        }
+        // SAFETY: as for `dense_row`: AVX-512F was detected and the asserts bound every access.
+        unsafe { pixel_runs!(g.ow, nchw_px, p, g, x, w, bias, oy, dst) }
     }
 
     /// # Safety

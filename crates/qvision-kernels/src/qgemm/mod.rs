@@ -13,7 +13,7 @@ mod generic;
 mod x86_64;
 
 use crate::isa::{self, Int8Isa};
-use crate::sgemm::{valid_range, Im2colGeom};
+use crate::sgemm::{im2col_row, Im2colGeom};
 use crate::{shape_err, KernelError};
 use rayon::prelude::*;
 
@@ -267,7 +267,7 @@ fn pack_b_tile(rhs: &QRhs<'_>, k: usize, za: u8, n0: usize, n1: usize, dst: &mut
         let src: &[u8] = match rhs {
             QRhs::Dense { b, ldb } => &b[kk * ldb + n0..kk * ldb + n1],
             QRhs::Im2col { x, geom } => {
-                im2col_row_u8(x, geom, kk, n0, n1, za, &mut row);
+                im2col_row(x, geom, kk, n0, n1, za, &mut row);
                 &row
             }
         };
@@ -275,41 +275,6 @@ fn pack_b_tile(rhs: &QRhs<'_>, k: usize, za: u8, n0: usize, n1: usize, dst: &mut
         for (j, &v) in src.iter().enumerate() {
             dst[(g * NR + j) * 4 + t] = v;
         }
-    }
-}
-
-fn im2col_row_u8(
-    x: &[u8],
-    g: &Im2colGeom,
-    kk: usize,
-    n0: usize,
-    n1: usize,
-    za: u8,
-    row: &mut [u8],
-) {
-    let [kh, kw] = g.kernel;
-    let (ci, ky, kx) = (kk / (kh * kw), (kk / kw) % kh, kk % kw);
-    let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-    let off = (kx * g.dilation[1]) as isize - g.padding[1] as isize;
-    let (lo_all, hi_all) = valid_range(g.ow, g.stride[1], off, g.w);
-    let mut col = n0;
-    while col < n1 {
-        let (oy, ox0) = (col / g.ow, col % g.ow);
-        let ox1 = (ox0 + (n1 - col)).min(g.ow);
-        let dst = &mut row[col - n0..col - n0 + (ox1 - ox0)];
-        let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
-        if iy < 0 || iy >= g.h as isize {
-            dst.fill(za);
-        } else {
-            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-            let (lo, hi) = (lo_all.clamp(ox0, ox1), hi_all.clamp(ox0, ox1));
-            dst[..lo - ox0].fill(za);
-            dst[hi.max(lo) - ox0..].fill(za);
-            for ox in lo..hi {
-                dst[ox - ox0] = src[(ox as isize * g.stride[1] as isize + off) as usize];
-            }
-        }
-        col += ox1 - ox0;
     }
 }
 

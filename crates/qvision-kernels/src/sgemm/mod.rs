@@ -280,7 +280,7 @@ fn pack_b(rhs: &Rhs<'_>, k: usize, n0: usize, n1: usize, cols: usize, out: &mut 
         let src: &[f32] = match rhs {
             Rhs::Dense { b, ldb } => &b[kk * ldb + n0..kk * ldb + n1],
             Rhs::Im2col { x, geom } => {
-                im2col_row(x, geom, kk, n0, n1, row);
+                im2col_row(x, geom, kk, n0, n1, 0.0, row);
                 row
             }
         };
@@ -294,8 +294,17 @@ fn pack_b(rhs: &Rhs<'_>, k: usize, n0: usize, n1: usize, cols: usize, out: &mut 
     out.truncate(subs * k * cols);
 }
 
-/// Columns `n0..n1` of im2col row `kk` (channel, ky, kx) into `row`.
-fn im2col_row(x: &[f32], g: &Im2colGeom, kk: usize, n0: usize, n1: usize, row: &mut [f32]) {
+/// Columns `n0..n1` of im2col row `kk` (channel, ky, kx) into `row`; taps in the padding read
+/// `pad` (0.0 for f32, the zero point for u8).
+pub(crate) fn im2col_row<T: Copy>(
+    x: &[T],
+    g: &Im2colGeom,
+    kk: usize,
+    n0: usize,
+    n1: usize,
+    pad: T,
+    row: &mut [T],
+) {
     let [kh, kw] = g.kernel;
     let (ci, ky, kx) = (kk / (kh * kw), (kk / kw) % kh, kk % kw);
     let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -308,12 +317,12 @@ fn im2col_row(x: &[f32], g: &Im2colGeom, kk: usize, n0: usize, n1: usize, row: &
         let dst = &mut row[col - n0..col - n0 + (ox1 - ox0)];
         let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
         if iy < 0 || iy >= g.h as isize {
-            dst.fill(0.0);
+            dst.fill(pad);
         } else {
             let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
             let (lo, hi) = (lo_all.clamp(ox0, ox1), hi_all.clamp(ox0, ox1));
-            dst[..lo - ox0].fill(0.0);
-            dst[hi.max(lo) - ox0..].fill(0.0);
+            dst[..lo - ox0].fill(pad);
+            dst[hi.max(lo) - ox0..].fill(pad);
             if g.stride[1] == 1 && hi > lo {
                 let s0 = (lo as isize + off) as usize;
                 dst[lo - ox0..hi - ox0].copy_from_slice(&src[s0..s0 + (hi - lo)]);
