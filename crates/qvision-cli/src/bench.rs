@@ -39,8 +39,10 @@ struct Report {
     threads: usize,
     batch: usize,
     input_size: usize,
+    /// CPU features.
     isa: String,
-    gemm_kernel: String,
+    /// The kernel path in use: ISA level and activation layout.
+    kernels: String,
     fp32_ms: f64,
     fp32_p10_ms: f64,
     fp32_p90_ms: f64,
@@ -90,7 +92,20 @@ pub fn run(a: Args) -> Result<()> {
         batch: a.batch,
         input_size: size,
         isa: cpu_isa(),
-        gemm_kernel: qvision_kernels::gemm::kernel_name(),
+        kernels: format!(
+            "{} {}",
+            qvision_kernels::isa::current().name(),
+            if session
+                .graph()
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, qvision_graph::Op::ConvBlocked { .. }))
+            {
+                "nchw16c"
+            } else {
+                "nchw"
+            }
+        ),
         fp32_ms: pct(0.5),
         fp32_p10_ms: pct(0.1),
         fp32_p90_ms: pct(0.9),
@@ -100,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         emit(&format!(
             "{}: fp32 {:.2} ms median (p10 {:.2}, p90 {:.2}) | batch {} | {}x{} | {} threads | {} ({})\n",
-            r.model, r.fp32_ms, r.fp32_p10_ms, r.fp32_p90_ms, r.batch, size, size, r.threads, r.isa, r.gemm_kernel
+            r.model, r.fp32_ms, r.fp32_p10_ms, r.fp32_p90_ms, r.batch, size, size, r.threads, r.isa, r.kernels
         ))
     }
 }
