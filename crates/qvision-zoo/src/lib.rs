@@ -30,7 +30,8 @@ pub enum Weights {
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
     pub weights: Weights,
-    /// Report progress while loading (the CLI shows a bar).
+    /// torchvision's `progress` (a download bar). Accepted for the same call shape; qvision
+    /// never downloads: weights come from local files.
     pub progress: bool,
     /// Build a quantizable model (PTQ).
     pub quantize: bool,

@@ -211,3 +211,47 @@ mod logits {
         vgg19_bn,
     );
 }
+
+/// Each model's eval transform equals torchvision's for its DEFAULT weights
+/// (fixtures/transforms.json, from `scripts/make_fixtures.py transforms`).
+#[test]
+fn eval_transforms_equal_torchvision_defaults() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/transforms.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    for m in models() {
+        let e = &fx[m.name];
+        let t = m.transform;
+        assert_eq!(
+            t.crop as u64,
+            e["crop_size"].as_u64().unwrap(),
+            "{}",
+            m.name
+        );
+        assert_eq!(
+            t.resize as u64,
+            e["resize_size"].as_u64().unwrap(),
+            "{}",
+            m.name
+        );
+        let interp = match t.interpolation {
+            qvision_zoo::Interpolation::Bilinear => "bilinear",
+            qvision_zoo::Interpolation::Bicubic => "bicubic",
+        };
+        assert_eq!(interp, e["interpolation"].as_str().unwrap(), "{}", m.name);
+        for c in 0..3 {
+            assert_eq!(
+                t.mean[c],
+                e["mean"][c].as_f64().unwrap() as f32,
+                "{}",
+                m.name
+            );
+            assert_eq!(t.std[c], e["std"][c].as_f64().unwrap() as f32, "{}", m.name);
+        }
+        assert_eq!(
+            m.default_weights,
+            e["weights"].as_str().unwrap(),
+            "{}",
+            m.name
+        );
+    }
+}
