@@ -105,13 +105,28 @@ impl Session {
 
     /// Run with one tensor per graph input; returns one tensor per graph output.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, GraphError> {
+        self.run_observed(inputs, &mut |_, _| {})
+    }
+
+    /// Run, showing every node's outputs to `observe` as they are computed (calibration,
+    /// per-layer error reports). Values are in the session's layout: build the session with
+    /// `blocked: Some(false)` to see NCHW tensors only.
+    pub fn run_observed(
+        &self,
+        inputs: Vec<Tensor>,
+        observe: &mut (dyn FnMut(&crate::ir::Node, &[Tensor]) + Send),
+    ) -> Result<Vec<Tensor>, GraphError> {
         match &self.pool {
-            Some(p) => p.install(|| self.run_inner(inputs)),
-            None => self.run_inner(inputs),
+            Some(p) => p.install(|| self.run_inner(inputs, observe)),
+            None => self.run_inner(inputs, observe),
         }
     }
 
-    fn run_inner(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, GraphError> {
+    fn run_inner(
+        &self,
+        inputs: Vec<Tensor>,
+        observe: &mut (dyn FnMut(&crate::ir::Node, &[Tensor]) + Send),
+    ) -> Result<Vec<Tensor>, GraphError> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(GraphError::Input {
@@ -200,6 +215,7 @@ impl Session {
                     }
                 }
             }
+            observe(node, &outs);
             for (o, t) in node.outputs.iter().zip(outs) {
                 env[o.0] = Some(t);
             }

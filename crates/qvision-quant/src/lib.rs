@@ -6,6 +6,7 @@
 //! passes and the int8 graph arrive with the rest of that work; the int8 GEMM they will run is
 //! `qvision_kernels::qgemm`.
 
+pub mod calibrate;
 pub mod observer;
 pub mod qconfig;
 pub mod qparams;
