@@ -13,6 +13,7 @@ pub mod isa;
 pub mod layout;
 pub mod norm;
 pub mod pool;
+pub mod qconv;
 pub mod qgemm;
 pub mod reference;
 pub mod sgemm;

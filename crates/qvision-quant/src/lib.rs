@@ -10,6 +10,7 @@ pub mod calibrate;
 pub mod observer;
 pub mod qconfig;
 pub mod qparams;
+pub mod quantize;
 
 pub use observer::{
     EntropyObserver, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer,

@@ -1,0 +1,136 @@
+//! Quantized 2-D convolution over NCHW u8 activations: s8 per-channel weights, i32 bias,
+//! requantized u8 output (an optional ReLU becomes the output clamp). Every group is one
+//! [`crate::qgemm`] over the implicit im2col of its input channels, padded with the input zero
+//! point.
+
+use crate::conv::Conv2dParams;
+use crate::qgemm::{qgemm, PackedQA, QRhs, Requant};
+use crate::sgemm::Im2colGeom;
+use crate::{shape_err, KernelError};
+
+/// Output quantization of a [`PreparedQConv`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConvOutput {
+    /// Input zero point.
+    pub za: u8,
+    /// Per output channel `s_in * s_w[c] / s_out`.
+    pub multiplier: Vec<f32>,
+    /// Output zero point.
+    pub zo: u8,
+    /// Clamp the output at the zero point (a fused ReLU).
+    pub relu: bool,
+}
+
+/// A quantized convolution with packed weights.
+#[derive(Debug)]
+pub struct PreparedQConv {
+    params: Conv2dParams,
+    packed: Vec<PackedQA>,
+    bias: Option<Vec<i32>>,
+    out: QConvOutput,
+}
+
+impl PreparedQConv {
+    pub fn new(
+        params: Conv2dParams,
+        weight: &[i8],
+        bias: Option<&[i32]>,
+        out: QConvOutput,
+    ) -> Result<Self, KernelError> {
+        params.validate()?;
+        if weight.len() != params.weight_len() {
+            return Err(shape_err(
+                "qconv2d",
+                format!(
+                    "weight has {} values, want {}",
+                    weight.len(),
+                    params.weight_len()
+                ),
+            ));
+        }
+        if out.multiplier.len() != params.out_channels
+            || bias.is_some_and(|b| b.len() != params.out_channels)
+        {
+            return Err(shape_err(
+                "qconv2d",
+                "bias or multipliers do not match the output channels",
+            ));
+        }
+        let cout_g = params.out_channels / params.groups;
+        let k = weight.len() / params.out_channels;
+        let packed = weight
+            .chunks(cout_g * k)
+            .map(|w| PackedQA::new(w, cout_g, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PreparedQConv {
+            params,
+            packed,
+            bias: bias.map(<[i32]>::to_vec),
+            out,
+        })
+    }
+
+    pub fn params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// Run on `n x c x h x w` u8 input; returns the u8 output and its spatial size.
+    pub fn run(
+        &self,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        let p = &self.params;
+        if x.len() != n * p.in_channels * h * w {
+            return Err(shape_err(
+                "qconv2d",
+                format!(
+                    "input has {} values, want {n}x{}x{h}x{w}",
+                    x.len(),
+                    p.in_channels
+                ),
+            ));
+        }
+        let (oh, ow) = p.output_size(h, w)?;
+        let (cin_g, cout_g) = (p.in_channels / p.groups, p.out_channels / p.groups);
+        let cols = oh * ow;
+        let mut y = vec![0u8; n * p.out_channels * cols];
+        for b in 0..n {
+            for (g, pa) in self.packed.iter().enumerate() {
+                let xg = &x[(b * p.in_channels + g * cin_g) * h * w
+                    ..(b * p.in_channels + (g + 1) * cin_g) * h * w];
+                let yg = &mut y[(b * p.out_channels + g * cout_g) * cols
+                    ..(b * p.out_channels + (g + 1) * cout_g) * cols];
+                let rows = g * cout_g..(g + 1) * cout_g;
+                let rq = Requant {
+                    za: self.out.za as i32,
+                    bias: self.bias.as_ref().map(|v| &v[rows.clone()]),
+                    multiplier: &self.out.multiplier[rows],
+                    zo: self.out.zo as i32,
+                    qmin: if self.out.relu { self.out.zo } else { 0 },
+                    qmax: 255,
+                };
+                let rhs = if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] {
+                    QRhs::Dense { b: xg, ldb: cols }
+                } else {
+                    let geom = Im2colGeom {
+                        c: cin_g,
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kernel: p.kernel,
+                        stride: p.stride,
+                        padding: p.padding,
+                        dilation: p.dilation,
+                    };
+                    QRhs::Im2col { x: xg, geom }
+                };
+                qgemm(pa, rhs, cols, yg, cols, &rq)?;
+            }
+        }
+        Ok((y, oh, ow))
+    }
+}
