@@ -40,6 +40,7 @@ fn main() {
                 zo: 10,
                 qmin: 0,
                 qmax: 255,
+                residual: None,
             };
             let pa = PackedQA::new(&a, m, k).unwrap();
             let af = vec![0.5f32; m * k];

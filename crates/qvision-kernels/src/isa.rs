@@ -68,7 +68,7 @@ pub enum Int8Isa {
     /// The portable kernel compiled for AVX2 (exact 32-bit accumulation, no `vpmaddubsw`
     /// saturation).
     Avx2,
-    /// AVX-512 VNNI `vpdpbusd`: four u8 x s8 products summed into each i32 lane.
+    /// AVX-512 VNNI `vpdpbusd` (with F/BW/VL): four u8 x s8 products summed into each i32 lane.
     Avx512Vnni,
 }
 
@@ -78,6 +78,7 @@ pub fn best_int8() -> Int8Isa {
     {
         if std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vnni")
         {
             return Int8Isa::Avx512Vnni;

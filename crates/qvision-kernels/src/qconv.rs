@@ -111,6 +111,7 @@ impl PreparedQConv {
                     zo: self.out.zo as i32,
                     qmin: if self.out.relu { self.out.zo } else { 0 },
                     qmax: 255,
+                    residual: None,
                 };
                 let rhs = if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] {
                     QRhs::Dense { b: xg, ldb: cols }

@@ -23,7 +23,9 @@ pub(crate) fn tile_body(t: &QTile<'_>) {
     for (i, row) in acc.iter().enumerate().take(t.rows) {
         let r = t.row0 + i;
         for (j, &v) in row.iter().enumerate().take(t.cols) {
-            let q = t.rq.apply(v, r, t.row_sums[r]);
+            // the residual is laid out like C
+            let res = t.rq.residual.map(|q| q.data[t.c_off + i * t.ldc + j]);
+            let q = t.rq.apply(v, r, t.row_sums[r], res);
             // SAFETY: (i, j) lies inside this tile of C, bounds-checked by `qgemm`; no other
             // tile writes it.
             unsafe { *t.c.add(t.c_off + i * t.ldc + j) = q };

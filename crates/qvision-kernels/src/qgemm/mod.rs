@@ -110,17 +110,33 @@ pub struct Requant<'a> {
     /// Output clamp (a fused ReLU raises `qmin` to `zo`).
     pub qmin: u8,
     pub qmax: u8,
+    /// A quantized residual added before the clamp (a ResNet / MobileNet skip connection).
+    pub residual: Option<QResidual<'a>>,
+}
+
+/// A u8 residual laid out like C (same row stride), with its own quantization.
+#[derive(Clone, Copy)]
+pub struct QResidual<'a> {
+    pub data: &'a [u8],
+    pub zero_point: i32,
+    /// `s_residual / s_out`.
+    pub multiplier: f32,
 }
 
 impl Requant<'_> {
-    /// The scalar requantization every path reproduces exactly.
+    /// The scalar requantization every path reproduces exactly:
+    /// `y = v·m + (r - z_r)·m_r` (two products, one sum, no fused multiply-add), clamped, rounded
+    /// half to even, plus the output zero point.
     #[inline]
-    pub fn apply(&self, acc: i32, row: usize, row_sum: i32) -> u8 {
+    pub fn apply(&self, acc: i32, row: usize, row_sum: i32, res: Option<u8>) -> u8 {
         let v = acc - self.za * row_sum + self.bias.map_or(0, |b| b[row]);
         let lo = self.qmin as f32 - self.zo as f32;
         let hi = self.qmax as f32 - self.zo as f32;
-        let y = (v as f32 * self.multiplier[row]).max(lo).min(hi);
-        (y.round_ties_even() as i32 + self.zo) as u8
+        let mut y = v as f32 * self.multiplier[row];
+        if let (Some(r), Some(q)) = (res, self.residual) {
+            y += (r as i32 - q.zero_point) as f32 * q.multiplier;
+        }
+        (y.max(lo).min(hi).round_ties_even() as i32 + self.zo) as u8
     }
 }
 
@@ -197,6 +213,9 @@ pub fn qgemm_isa(
         || rq.bias.is_some_and(|b| b.len() < m)
         || !(0..=255).contains(&rq.za)
         || !(0..=255).contains(&rq.zo)
+        || rq
+            .residual
+            .is_some_and(|r| r.data.len() < (m - 1) * ldc + n)
     {
         return Err(shape_err(
             "qgemm",
@@ -314,8 +333,10 @@ mod tests {
             let b = bytes(k * ldb, seed ^ 1);
             let bias_v: Vec<i32> = (0..m as i32).map(|i| (i * 977 - 5000) * (seed as i32 % 7)).collect();
             let mult: Vec<f32> = (0..m).map(|i| scale * (1.0 + i as f32 / 7.0)).collect();
+            let resid = bytes(m * ldc, seed ^ 9);
             let rq = Requant { za, bias: bias.then_some(bias_v.as_slice()), multiplier: &mult, zo,
-                               qmin: if relu { zo as u8 } else { 0 }, qmax: 255 };
+                               qmin: if relu { zo as u8 } else { 0 }, qmax: 255,
+                               residual: bias.then_some(QResidual { data: &resid, zero_point: 77, multiplier: 0.37 }) };
             let acc = reference(&a, &b, m, k, n, ldb);
             let pa = PackedQA::new(&a, m, k).unwrap();
             for isa in isa::available_int8() {
@@ -323,7 +344,7 @@ mod tests {
                 qgemm_isa(isa, &pa, QRhs::Dense { b: &b, ldb }, n, &mut c, ldc, &rq).unwrap();
                 for i in 0..m {
                     for j in 0..n {
-                        let want = rq.apply(acc[i * n + j], i, pa.row_sums[i]);
+                        let want = rq.apply(acc[i * n + j], i, pa.row_sums[i], Some(resid[i * ldc + j]));
                         prop_assert_eq!(c[i * ldc + j], want, "{:?} [{},{}]", isa, i, j);
                     }
                 }
@@ -349,7 +370,7 @@ mod tests {
                 }
             }}}}}
             let mult = vec![0.003f32; m];
-            let rq = Requant { za, bias: None, multiplier: &mult, zo: 128, qmin: 0, qmax: 255 };
+            let rq = Requant { za, bias: None, multiplier: &mult, zo: 128, qmin: 0, qmax: 255, residual: None };
             let pa = PackedQA::new(&a, m, kk).unwrap();
             let n = oh * ow;
             let mut want = vec![0u8; m * n];
@@ -373,6 +394,7 @@ mod tests {
             zo: 0,
             qmin: 0,
             qmax: 255,
+            residual: None,
         };
         let mut c = vec![0u8; 4];
         assert!(qgemm(&pa, QRhs::Dense { b: &[1; 5], ldb: 2 }, 2, &mut c, 2, &rq).is_err());

@@ -14,7 +14,7 @@ pub(crate) unsafe fn tile_avx2(t: &QTile<'_>) {
 /// The CPU supports AVX-512F/BW/VNNI. `t.a` holds `kp/4` groups of `MR x 4` bytes, `t.b` holds
 /// `kp/4` groups of `32 x 4` bytes, and C has `cols` writable bytes at `c_off + i * ldc` for
 /// every `i < rows`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn tile_vnni(t: &QTile<'_>) {
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
     let a = t.a.as_ptr();
@@ -60,10 +60,24 @@ pub(crate) unsafe fn tile_vnni(t: &QTile<'_>) {
                 continue;
             }
             let v = _mm512_add_epi32(row[h], sv);
-            let y = _mm512_min_ps(
-                _mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), mv), lo),
-                hi,
-            );
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(v), mv);
+            if let Some(res) = rq.residual {
+                // SAFETY: the residual is laid out like C and `qgemm` checked its size; the mask
+                // limits the load to this tile's valid columns.
+                let rb = unsafe {
+                    _mm_maskz_loadu_epi8(
+                        mask,
+                        res.data.as_ptr().add(t.c_off + i * t.ldc + h * 16).cast(),
+                    )
+                };
+                let rv =
+                    _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(res.zero_point));
+                y = _mm512_add_ps(
+                    y,
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(res.multiplier)),
+                );
+            }
+            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
             // round half to even (the default MXCSR mode), as `round_ties_even` in the reference
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
             let bytes = _mm512_cvtusepi32_epi8(q);
