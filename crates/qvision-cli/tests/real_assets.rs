@@ -101,3 +101,100 @@ fn mobilenet_v2_matches_torchvision_on_foolbox_images() {
     }
     assert!(correct >= 18, "top-1 correct on {correct}/20");
 }
+
+/// PTQ of the official MobileNetV2: calibrated on foolbox's CIFAR and MNIST samples (upsampled,
+/// disjoint from the evaluation images), evaluated on the 20 labelled ImageNet images.
+#[test]
+fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
+    use qvision_graph::{Session, SessionOptions};
+    use qvision_io::image_io::load_rgb;
+    use qvision_io::transforms::{EvalTransform, Filter};
+    use qvision_quant::calibrate::ObserverKind;
+    use qvision_quant::{quantize_ptq, Backend, QConfig};
+    use qvision_zoo::{build, ModelOptions, Weights};
+
+    let Some(dir) = assets() else { return };
+    let sd = qvision_io::load_state_dict(&dir.join("mobilenet_v2-b0353104.pth")).unwrap();
+    let model = build(
+        "mobilenet_v2",
+        &ModelOptions {
+            weights: Weights::StateDict(sd),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = model.info.transform;
+    let tf = EvalTransform {
+        resize: t.resize,
+        crop: t.crop,
+        filter: Filter::Bilinear,
+        mean: t.mean,
+        std: t.std,
+    };
+    let load = |p: &std::path::Path| {
+        let x = tf.apply(&load_rgb(p).unwrap());
+        x.reshape(vec![1, 3, t.crop, t.crop]).unwrap()
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("foolbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let calib: Vec<_> = files
+        .iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("cifar") || n.starts_with("mnist")
+        })
+        .map(|p| load(p))
+        .collect();
+    assert!(calib.len() >= 40);
+    let (q, report) = quantize_ptq(
+        &model.graph,
+        calib,
+        ObserverKind::Percentile {
+            lower: 0.01,
+            upper: 99.99,
+        },
+        QConfig::default_for(Backend::X86),
+        None,
+    )
+    .unwrap();
+    assert!(
+        report.int8.len() >= 50,
+        "{} convs in int8",
+        report.int8.len()
+    );
+    let fp = Session::new(&model.graph, SessionOptions::default()).unwrap();
+    let qs = Session::new(&q, SessionOptions::default()).unwrap();
+    let argmax = |t: &qvision_tensor::Tensor| {
+        let v = t.as_f32().unwrap();
+        (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+    };
+    let (mut agree, mut correct_q, mut correct_f) = (0, 0, 0);
+    for p in files.iter().filter(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("imagenet")
+    }) {
+        let label: usize = p
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .rsplit('_')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let x = load(p);
+        let a = argmax(&fp.run(vec![x.clone()]).unwrap()[0]);
+        let b = argmax(&qs.run(vec![x]).unwrap()[0]);
+        agree += usize::from(a == b);
+        correct_f += usize::from(a == label);
+        correct_q += usize::from(b == label);
+    }
+    eprintln!("fp32 top-1 {correct_f}/20, int8 top-1 {correct_q}/20, agreement {agree}/20");
+    assert!(correct_q >= 18, "int8 top-1 correct on {correct_q}/20");
+    assert!(agree >= 19, "int8 agrees with fp32 on {agree}/20");
+}

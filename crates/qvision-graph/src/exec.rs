@@ -8,6 +8,7 @@ use qvision_kernels::blocked::{self, conv::BlockedConv};
 use qvision_kernels::conv::PreparedConv;
 use qvision_kernels::elementwise::{binary, binary_in_place, softmax_rows, BinaryOp};
 use qvision_kernels::gemm::{self, Bias, Lhs};
+use qvision_kernels::qconv::PreparedQConv;
 use qvision_kernels::{layout, norm, pool};
 use qvision_tensor::{pool as buffers, Tensor};
 
@@ -36,6 +37,7 @@ impl Default for SessionOptions {
 enum Prepared {
     None,
     Conv(PreparedConv),
+    QConv(PreparedQConv),
     Blocked(BlockedConv),
     /// Weight transposed to `in x out`, and the bias.
     Linear {
@@ -258,6 +260,34 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
         })
     };
     Ok(match &n.op {
+        Op::QConv2d {
+            params,
+            input,
+            output,
+            relu,
+            ..
+        } => {
+            let node_err = |e: String| GraphError::node(&n.name, "QConv2d", e);
+            let w = g
+                .tensor(n.inputs[1])?
+                .as_i8()
+                .map_err(|e| node_err(e.to_string()))?;
+            let b = g
+                .tensor(n.inputs[2])?
+                .as_i32()
+                .map_err(|e| node_err(e.to_string()))?;
+            let sw = f32_of(n.inputs[3])?;
+            let out = qvision_kernels::qconv::QConvOutput {
+                za: input.1 as u8,
+                multiplier: sw.iter().map(|s| input.0 * s / output.0).collect(),
+                zo: output.1 as u8,
+                relu: *relu,
+            };
+            Prepared::QConv(
+                PreparedQConv::new(*params, w, Some(b), out)
+                    .map_err(|e| GraphError::from_kernel(&n.name, "QConv2d", e))?,
+            )
+        }
         Op::Conv2d {
             params,
             act,
@@ -455,6 +485,45 @@ fn run_node(
                 conv.run(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
             })?;
             one(tensor(shape, y)?)
+        }
+        (
+            Op::QConv2d {
+                residual, output, ..
+            },
+            Prepared::QConv(conv),
+        ) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, _, h, w] = nchw(x)?;
+            let xs = x.as_u8().map_err(|e| e.to_string())?;
+            let res = match residual {
+                Some((scale, zp)) => {
+                    let r = fetch(g, env, ins[4])?;
+                    Some((r.as_u8().map_err(|e| e.to_string())?, *zp, scale / output.0))
+                }
+                None => None,
+            };
+            let (y, oh, ow) = conv.run_with_residual(xs, n, h, w, res).map_err(ke)?;
+            one(
+                Tensor::from_u8(vec![n, conv.params().out_channels, oh, ow], y)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        (Op::Quantize { scale, zero_point }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let q: Vec<u8> = f32s(x)?
+                .iter()
+                .map(|&v| ((v / scale).round_ties_even() as i32 + zero_point).clamp(0, 255) as u8)
+                .collect();
+            one(Tensor::from_u8(x.shape().to_vec(), q).map_err(|e| e.to_string())?)
+        }
+        (Op::Dequantize { scale, zero_point }, _) => {
+            let x = fetch(g, env, ins[0])?;
+            let q = x.as_u8().map_err(|e| e.to_string())?;
+            let mut y = buffers::take(q.len());
+            y.iter_mut()
+                .zip(q)
+                .for_each(|(o, &v)| *o = (v as i32 - zero_point) as f32 * scale);
+            one(tensor(x.shape().to_vec(), y)?)
         }
         (Op::ToBlocked, _) => {
             let x = fetch(g, env, ins[0])?;

@@ -4,7 +4,7 @@
 //! point.
 
 use crate::conv::Conv2dParams;
-use crate::qgemm::{qgemm, PackedQA, QRhs, Requant};
+use crate::qgemm::{qgemm, PackedQA, QResidual, QRhs, Requant};
 use crate::sgemm::Im2colGeom;
 use crate::{shape_err, KernelError};
 
@@ -82,6 +82,19 @@ impl PreparedQConv {
         h: usize,
         w: usize,
     ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        self.run_with_residual(x, n, h, w, None)
+    }
+
+    /// Run with a quantized residual (shaped like the output) added before the clamp:
+    /// `(data, zero_point, s_residual / s_out)`.
+    pub fn run_with_residual(
+        &self,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[u8], i32, f32)>,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
         let p = &self.params;
         if x.len() != n * p.in_channels * h * w {
             return Err(shape_err(
@@ -97,12 +110,21 @@ impl PreparedQConv {
         let (cin_g, cout_g) = (p.in_channels / p.groups, p.out_channels / p.groups);
         let cols = oh * ow;
         let mut y = vec![0u8; n * p.out_channels * cols];
+        if residual.is_some_and(|r| r.0.len() != y.len()) {
+            return Err(shape_err("qconv2d", "residual does not match the output"));
+        }
         for b in 0..n {
             for (g, pa) in self.packed.iter().enumerate() {
                 let xg = &x[(b * p.in_channels + g * cin_g) * h * w
                     ..(b * p.in_channels + (g + 1) * cin_g) * h * w];
-                let yg = &mut y[(b * p.out_channels + g * cout_g) * cols
-                    ..(b * p.out_channels + (g + 1) * cout_g) * cols];
+                let span = (b * p.out_channels + g * cout_g) * cols
+                    ..(b * p.out_channels + (g + 1) * cout_g) * cols;
+                let res = residual.map(|(d, zero_point, multiplier)| QResidual {
+                    data: &d[span.clone()],
+                    zero_point,
+                    multiplier,
+                });
+                let yg = &mut y[span];
                 let rows = g * cout_g..(g + 1) * cout_g;
                 let rq = Requant {
                     za: self.out.za as i32,
@@ -111,7 +133,7 @@ impl PreparedQConv {
                     zo: self.out.zo as i32,
                     qmin: if self.out.relu { self.out.zo } else { 0 },
                     qmax: 255,
-                    residual: None,
+                    residual: res,
                 };
                 let rhs = if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] {
                     QRhs::Dense { b: xg, ldb: cols }

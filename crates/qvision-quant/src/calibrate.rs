@@ -111,7 +111,8 @@ impl Calibrator {
     }
 }
 
-/// Run every batch through `graph` (optimized, NCHW layout) and observe every node output.
+/// Run every batch through `graph` as it is (already prepared: see [`crate::prepare`]), in NCHW
+/// layout, and observe every node output.
 pub fn calibrate(
     graph: &qvision_graph::Graph,
     batches: impl IntoIterator<Item = Tensor>,

@@ -7,6 +7,7 @@
 //! `qvision_kernels::qgemm`.
 
 pub mod calibrate;
+pub mod convert;
 pub mod observer;
 pub mod qconfig;
 pub mod qparams;
@@ -18,6 +19,42 @@ pub use observer::{
 };
 pub use qconfig::{Backend, QConfig, QDType, QScheme};
 pub use qparams::{calculate_qparams, QuantParams};
+
+/// PyTorch's `fuse` + `prepare`: fold BatchNorm, fuse activations and residual adds, so that
+/// calibration observes exactly the values the int8 graph will compute.
+pub fn prepare(graph: &qvision_graph::Graph) -> Result<qvision_graph::Graph, QuantError> {
+    qvision_graph::passes::optimize_for_inference(graph)
+        .map_err(|e| QuantError::Shape(e.to_string()))
+}
+
+/// Post-training quantization in one call: prepare, calibrate on `batches` with `observer`,
+/// convert. Returns the int8 graph and what stayed fp32.
+pub fn quantize_ptq(
+    graph: &qvision_graph::Graph,
+    batches: impl IntoIterator<Item = qvision_tensor::Tensor>,
+    observer: calibrate::ObserverKind,
+    qconfig: QConfig,
+    threads: Option<usize>,
+) -> Result<(qvision_graph::Graph, convert::ConvertReport), QuantError> {
+    let prepared = prepare(graph)?;
+    let mut cal = calibrate::Calibrator::new(observer, qconfig);
+    calibrate::calibrate(&prepared, batches, threads, &mut cal)?;
+    convert::convert(&prepared, &cal.qparams())
+}
+
+/// Signal-to-quantization-noise ratio in dB of `test` against `reference`.
+pub fn sqnr_db(reference: &[f32], test: &[f32]) -> f64 {
+    let signal: f64 = reference.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(test)
+        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+        .sum();
+    if noise == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (signal / noise).log10()
+}
 
 /// Errors from quantization.
 #[derive(Debug, thiserror::Error)]

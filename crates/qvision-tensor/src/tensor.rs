@@ -187,6 +187,40 @@ impl Tensor {
         }
     }
 
+    pub fn from_u8(shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorError> {
+        Self::new(shape, Data::U8(data))
+    }
+
+    pub fn as_u8(&self) -> Result<&[u8], TensorError> {
+        match &self.data {
+            Data::U8(v) => Ok(v),
+            d => Err(TensorError::DType {
+                expected: DType::U8,
+                got: d.dtype(),
+            }),
+        }
+    }
+
+    pub fn as_i8(&self) -> Result<&[i8], TensorError> {
+        match &self.data {
+            Data::I8(v) => Ok(v),
+            d => Err(TensorError::DType {
+                expected: DType::I8,
+                got: d.dtype(),
+            }),
+        }
+    }
+
+    pub fn as_i32(&self) -> Result<&[i32], TensorError> {
+        match &self.data {
+            Data::I32(v) => Ok(v),
+            d => Err(TensorError::DType {
+                expected: DType::I32,
+                got: d.dtype(),
+            }),
+        }
+    }
+
     pub fn as_i64(&self) -> Result<&[i64], TensorError> {
         match &self.data {
             Data::I64(v) => Ok(v),

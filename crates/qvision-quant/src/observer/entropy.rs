@@ -79,7 +79,10 @@ impl EntropyObserver {
     /// The threshold `T` minimising KL(P || Q) over the |x| histogram.
     fn threshold(&self) -> Option<f32> {
         let (_, amax) = self.abs.observed_range()?;
-        let h: Vec<f64> = self.abs.histogram().iter().map(|&v| v as f64).collect();
+        let mut h: Vec<f64> = self.abs.histogram().iter().map(|&v| v as f64).collect();
+        // The exact-zero spike (ReLU outputs) says nothing about where to clip and would
+        // dominate the divergence: leave it out of the search.
+        h[0] = 0.0;
         let bins = h.len();
         let levels = 128usize;
         if bins <= levels {

@@ -1,0 +1,68 @@
+//! Post-training quantization end to end on zoo models with formula weights: the int8 graph runs
+//! (convolutions on the int8 kernels) and its logits stay close to fp32.
+
+use qvision_graph::{Op, Session, SessionOptions};
+use qvision_quant::calibrate::ObserverKind;
+use qvision_quant::{quantize_ptq, sqnr_db, Backend, QConfig};
+use qvision_tensor::Tensor;
+use qvision_zoo::{build, ModelOptions, Weights};
+
+fn batches(n: usize, size: usize, seed: u64) -> Vec<Tensor> {
+    (0..n)
+        .map(|i| {
+            let v = qvision_graph::weights::formula_uniform(seed + i as u64, 3 * size * size);
+            Tensor::from_f32(
+                vec![1, 3, size, size],
+                v.into_iter().map(|x| x * 2.0).collect(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn check(name: &str, observer: ObserverKind, min_db: f64) {
+    let model = build(
+        name,
+        &ModelOptions {
+            weights: Weights::Formula,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cal = batches(4, 64, 100);
+    let (q, report) = quantize_ptq(
+        &model.graph,
+        cal,
+        observer,
+        QConfig::default_for(Backend::X86),
+        None,
+    )
+    .unwrap();
+    assert!(
+        q.nodes.iter().any(|n| matches!(n.op, Op::QConv2d { .. })),
+        "{name}: no int8 conv"
+    );
+    assert!(!report.int8.is_empty());
+    let fp = Session::new(&model.graph, SessionOptions::default()).unwrap();
+    let qs = Session::new(&q, SessionOptions::default()).unwrap();
+    for x in batches(2, 64, 7) {
+        let a = fp.run(vec![x.clone()]).unwrap();
+        let b = qs.run(vec![x]).unwrap();
+        let (a, b) = (a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
+        let db = sqnr_db(a, b);
+        assert!(
+            db >= min_db,
+            "{name}: int8 logits SQNR {db:.1} dB < {min_db} dB ({} convs int8, {} nodes fp32)",
+            report.int8.len(),
+            report.fp32.len()
+        );
+    }
+}
+
+// MobileNetV2 is checked with its real ImageNet weights on real images
+// (crates/qvision-cli/tests/real_assets.rs): random weights say little about depthwise layers.
+
+#[test]
+fn resnet18_ptq_runs_int8_convs() {
+    check("resnet18", ObserverKind::MinMax, 20.0);
+}
