@@ -510,10 +510,17 @@ fn run_node(
         }
         (Op::Quantize { scale, zero_point }, _) => {
             let x = fetch(g, env, ins[0])?;
-            let q: Vec<u8> = f32s(x)?
-                .iter()
-                .map(|&v| ((v / scale).round_ties_even() as i32 + zero_point).clamp(0, 255) as u8)
-                .collect();
+            let xs = f32s(x)?;
+            let mut q = vec![0u8; xs.len()];
+            use rayon::prelude::*;
+            q.par_chunks_mut(1 << 14)
+                .zip(xs.par_chunks(1 << 14))
+                .for_each(|(d, s)| {
+                    for (o, &v) in d.iter_mut().zip(s) {
+                        *o =
+                            ((v / scale).round_ties_even() as i32 + zero_point).clamp(0, 255) as u8;
+                    }
+                });
             one(Tensor::from_u8(x.shape().to_vec(), q).map_err(|e| e.to_string())?)
         }
         (Op::Dequantize { scale, zero_point }, _) => {

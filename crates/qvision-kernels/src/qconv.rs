@@ -5,7 +5,7 @@
 
 use crate::conv::Conv2dParams;
 use crate::qgemm::{qgemm, PackedQA, QResidual, QRhs, Requant};
-use crate::sgemm::Im2colGeom;
+use crate::sgemm::{valid_range, Im2colGeom};
 use crate::{shape_err, KernelError};
 
 /// Output quantization of a [`PreparedQConv`].
@@ -26,6 +26,8 @@ pub struct QConvOutput {
 pub struct PreparedQConv {
     params: Conv2dParams,
     packed: Vec<PackedQA>,
+    /// The s8 weights as given (the direct depthwise path reads them).
+    weight: Vec<i8>,
     bias: Option<Vec<i32>>,
     out: QConvOutput,
 }
@@ -65,6 +67,7 @@ impl PreparedQConv {
         Ok(PreparedQConv {
             params,
             packed,
+            weight: weight.to_vec(),
             bias: bias.map(<[i32]>::to_vec),
             out,
         })
@@ -113,6 +116,10 @@ impl PreparedQConv {
         if residual.is_some_and(|r| r.0.len() != y.len()) {
             return Err(shape_err("qconv2d", "residual does not match the output"));
         }
+        if p.groups == p.in_channels && p.groups > 1 {
+            self.depthwise(x, h, w, oh, ow, residual, &mut y);
+            return Ok((y, oh, ow));
+        }
         for b in 0..n {
             for (g, pa) in self.packed.iter().enumerate() {
                 let xg = &x[(b * p.in_channels + g * cin_g) * h * w
@@ -155,5 +162,86 @@ impl PreparedQConv {
             }
         }
         Ok((y, oh, ow))
+    }
+}
+
+impl PreparedQConv {
+    /// Direct depthwise convolution (one input channel per group), channels in parallel:
+    /// `acc = sum (x - za) * w`, requantized exactly as the GEMM path does.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise(
+        &self,
+        x: &[u8],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        residual: Option<(&[u8], i32, f32)>,
+        y: &mut [u8],
+    ) {
+        use rayon::prelude::*;
+        let p = &self.params;
+        let [kh, kw] = p.kernel;
+        let mult = p.out_channels / p.in_channels;
+        let za = self.out.za as i32;
+        // whole channels per task, a few thousand outputs each (small planes are many)
+        let per_task = (4096 / (oh * ow).max(1)).max(1);
+        y.par_chunks_mut(oh * ow)
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(plane, yc)| {
+                let (b, oc) = (plane / p.out_channels, plane % p.out_channels);
+                let xc = &x[(b * p.in_channels + oc / mult) * h * w..][..h * w];
+                let wc = &self.weight[oc * kh * kw..(oc + 1) * kh * kw];
+                let rq = Requant {
+                    za: 0,
+                    bias: self.bias.as_deref(),
+                    multiplier: &self.out.multiplier,
+                    zo: self.out.zo as i32,
+                    qmin: if self.out.relu { self.out.zo } else { 0 },
+                    qmax: 255,
+                    residual: residual.map(|(d, zero_point, multiplier)| QResidual {
+                        data: d,
+                        zero_point,
+                        multiplier,
+                    }),
+                };
+                let mut acc = vec![0i32; ow];
+                for oy in 0..oh {
+                    acc.fill(0);
+                    for ky in 0..kh {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let row = &xc[iy as usize * w..(iy as usize + 1) * w];
+                        for kx in 0..kw {
+                            let wv = wc[ky * kw + kx] as i32;
+                            let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                            // outputs whose tap lands inside the row: no per-element bounds test
+                            let (lo, hi) = valid_range(ow, p.stride[1], off, w);
+                            if p.stride[1] == 1 {
+                                let s0 = (lo as isize + off) as usize;
+                                for (a, &v) in acc[lo..hi].iter_mut().zip(&row[s0..s0 + (hi - lo)])
+                                {
+                                    *a += (v as i32 - za) * wv;
+                                }
+                            } else {
+                                for (ox, a) in acc.iter_mut().enumerate().take(hi).skip(lo) {
+                                    let v =
+                                        row[(ox as isize * p.stride[1] as isize + off) as usize];
+                                    *a += (v as i32 - za) * wv;
+                                }
+                            }
+                        }
+                    }
+                    let base = plane * oh * ow + oy * ow;
+                    for (ox, &a) in acc.iter().enumerate() {
+                        let r = residual.map(|(d, _, _)| d[base + ox]);
+                        yc[oy * ow + ox] = rq.apply(a, oc, 0, r);
+                    }
+                }
+            });
     }
 }
