@@ -60,6 +60,20 @@ impl Graph {
         &self.values[id.0]
     }
 
+    /// Append a node and mark its output values as produced by it (for rewriting passes).
+    pub fn push_node(&mut self, name: String, op: Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>) {
+        let node = NodeId(self.nodes.len());
+        for (index, o) in outputs.iter().enumerate() {
+            self.values[o.0].kind = ValueKind::NodeOutput { node, index };
+        }
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            outputs,
+        });
+    }
+
     /// Parameters in declaration order.
     pub fn params(&self) -> impl Iterator<Item = (ValueId, &Value)> {
         self.values

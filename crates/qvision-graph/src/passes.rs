@@ -259,16 +259,7 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
         ValueId(out.values.len() - 1)
     }
     fn push(out: &mut Graph, name: String, op: Op, inputs: Vec<ValueId>, output: ValueId) {
-        out.values[output.0].kind = ValueKind::NodeOutput {
-            node: NodeId(out.nodes.len()),
-            index: 0,
-        };
-        out.nodes.push(Node {
-            name,
-            op,
-            inputs,
-            outputs: vec![output],
-        });
+        out.push_node(name, op, inputs, vec![output]);
     }
     // NCHW view of an original value (FromBlocked inserted once).
     let nchw = |out: &mut Graph,
@@ -384,18 +375,12 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
                     .iter()
                     .map(|&v| nchw(&mut out, &repr, &mut to_n, v))
                     .collect();
-                for (index, o) in node.outputs.iter().enumerate() {
-                    out.values[o.0].kind = ValueKind::NodeOutput {
-                        node: NodeId(out.nodes.len()),
-                        index,
-                    };
-                }
-                out.nodes.push(Node {
-                    name: node.name.clone(),
-                    op: node.op.clone(),
-                    inputs: ins,
-                    outputs: node.outputs.clone(),
-                });
+                out.push_node(
+                    node.name.clone(),
+                    node.op.clone(),
+                    ins,
+                    node.outputs.clone(),
+                );
             }
         }
     }

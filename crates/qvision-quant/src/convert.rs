@@ -8,7 +8,7 @@
 use crate::qparams::QuantParams;
 use crate::quantize::{quantize_bias, quantize_weights_per_channel};
 use crate::QuantError;
-use qvision_graph::{Activation, Graph, Node, NodeId, Op, Value, ValueId, ValueKind};
+use qvision_graph::{Activation, Graph, Op, Value, ValueId, ValueKind};
 use qvision_tensor::{DType, Data, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
@@ -61,16 +61,7 @@ pub fn convert(
         id
     }
     fn push(out: &mut Graph, name: String, op: Op, inputs: Vec<ValueId>, output: ValueId) {
-        out.values[output.0].kind = ValueKind::NodeOutput {
-            node: NodeId(out.nodes.len()),
-            index: 0,
-        };
-        out.nodes.push(Node {
-            name,
-            op,
-            inputs,
-            outputs: vec![output],
-        });
+        out.push_node(name, op, inputs, vec![output]);
     }
     let get =
         |repr: &HashMap<ValueId, Repr>, v: ValueId| repr.get(&v).copied().unwrap_or(Repr::F32(v));
@@ -201,18 +192,12 @@ pub fn convert(
             .iter()
             .map(|&v| f32_view(&mut out, &repr, &mut to_f32, v))
             .collect();
-        for (index, o) in node.outputs.iter().enumerate() {
-            out.values[o.0].kind = ValueKind::NodeOutput {
-                node: NodeId(out.nodes.len()),
-                index,
-            };
-        }
-        out.nodes.push(Node {
-            name: node.name.clone(),
-            op: node.op.clone(),
-            inputs: ins,
-            outputs: node.outputs.clone(),
-        });
+        out.push_node(
+            node.name.clone(),
+            node.op.clone(),
+            ins,
+            node.outputs.clone(),
+        );
         report
             .fp32
             .push((node.name.clone(), node.op.kind().to_string()));
