@@ -90,3 +90,55 @@ pub fn emit(text: &str) -> Result<()> {
         r => Ok(r?),
     }
 }
+
+/// The metadata a `.qvm` carries so that it runs without its zoo entry.
+pub fn qvm_meta(model: &str, t: &EvalTransform, report: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "transform": {
+            "resize": t.resize,
+            "crop": t.crop,
+            "interpolation": match t.filter { Filter::Bilinear => "bilinear", Filter::Bicubic => "bicubic" },
+            "mean": t.mean,
+            "std": t.std,
+        },
+        "quantization": report,
+    })
+}
+
+/// Load a `.qvm`: its graph and eval transform.
+pub fn load_qvm(path: &Path) -> Result<(qvision_graph::Graph, EvalTransform)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (g, meta) = qvision_graph::serialize::from_bytes(&bytes)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let t = &meta["transform"];
+    let num = |v: &serde_json::Value| v.as_u64().map(|x| x as usize);
+    let arr = |v: &serde_json::Value| -> Option<[f32; 3]> {
+        let a = v.as_array()?;
+        Some([
+            a.first()?.as_f64()? as f32,
+            a.get(1)?.as_f64()? as f32,
+            a.get(2)?.as_f64()? as f32,
+        ])
+    };
+    let transform = (|| {
+        Some(EvalTransform {
+            resize: num(&t["resize"])?,
+            crop: num(&t["crop"])?,
+            filter: if t["interpolation"] == "bicubic" {
+                Filter::Bicubic
+            } else {
+                Filter::Bilinear
+            },
+            mean: arr(&t["mean"])?,
+            std: arr(&t["std"])?,
+        })
+    })()
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the model file has no eval transform in its metadata",
+            path.display()
+        )
+    })?;
+    Ok((g, transform))
+}

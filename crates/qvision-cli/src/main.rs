@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod models;
 mod predict;
+mod quantize;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Predict(predict::Args),
     /// Measure inference latency.
     Bench(bench::Args),
+    /// Post-training int8 quantization into a .qvm file.
+    Quantize(quantize::Args),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Command::Models(a) => models::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

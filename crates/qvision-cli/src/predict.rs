@@ -12,11 +12,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name (see `qvision models`).
+    /// Model name (see `qvision models`), or a quantized model file (`.qvm`).
     model: String,
-    /// torchvision weights: .pth (zip or legacy) or .safetensors.
+    /// torchvision weights: .pth (zip or legacy) or .safetensors (not needed for a `.qvm`).
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// Images (JPEG or PNG).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -53,10 +53,19 @@ struct Prediction {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model = build_model(&a.model, Some(&a.weights), !a.non_strict)?;
-    let transform = eval_transform(model.info, a.resize, a.crop);
+    let (graph, transform) = if a.model.ends_with(".qvm") {
+        let (g, t) = crate::common::load_qvm(std::path::Path::new(&a.model))?;
+        (g, override_transform(t, a.resize, a.crop))
+    } else {
+        let weights = a.weights.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--weights FILE is required for a zoo model ('{}')", a.model)
+        })?;
+        let model = build_model(&a.model, Some(weights), !a.non_strict)?;
+        let t = eval_transform(model.info, a.resize, a.crop);
+        (model.graph, t)
+    };
     let session = Session::new(
-        &model.graph,
+        &graph,
         SessionOptions {
             threads: a.threads,
             ..Default::default()
@@ -120,4 +129,14 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     emit(&s)
+}
+
+fn override_transform(
+    mut t: qvision_io::transforms::EvalTransform,
+    resize: Option<usize>,
+    crop: Option<usize>,
+) -> qvision_io::transforms::EvalTransform {
+    t.resize = resize.unwrap_or(t.resize);
+    t.crop = crop.unwrap_or(t.crop);
+    t
 }

@@ -93,3 +93,71 @@ fn bad_input_gets_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--precision int4"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quantize_writes_a_qvm_that_predict_runs() {
+    let dir = std::env::temp_dir().join(format!("qv-qvm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let qvm = dir.join("m.qvm");
+    let out = qvision(&[
+        "quantize",
+        "mobilenet_v3_small",
+        "--random-weights",
+        "--calib",
+        "synthetic",
+        "--samples",
+        "2",
+        "--observer",
+        "minmax",
+        "--out",
+        qvm.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["int8_nodes"].as_u64().unwrap() > 20, "{report}");
+    let img = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/preprocess/image.png");
+    let out = qvision(&[
+        "predict",
+        qvm.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--json",
+        "--topk",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(preds[0]["top"].as_array().unwrap().len(), 3);
+    // a truncated model file is a clear error, not a panic
+    let bytes = std::fs::read(&qvm).unwrap();
+    let cut = dir.join("cut.qvm");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = qvision(&["predict", cut.to_str().unwrap(), img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cut.qvm") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = qvision(&[
+        "quantize",
+        "resnet18",
+        "--random-weights",
+        "--calib",
+        "synthetic",
+        "--observer",
+        "median",
+        "--out",
+        "x.qvm",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown observer 'median'"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

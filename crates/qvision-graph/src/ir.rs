@@ -4,15 +4,17 @@ use qvision_tensor::{DType, Tensor};
 use std::collections::HashMap;
 
 /// Index of a value in [`Graph::values`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ValueId(pub usize);
 
 /// Index of a node in [`Graph::nodes`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NodeId(pub usize);
 
 /// Where a value comes from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ValueKind {
     /// A graph input. `shape` holds the default (example) shape; dim 0 is the batch.
     Input,
@@ -26,7 +28,7 @@ pub enum ValueKind {
 }
 
 /// A value: its name, where it comes from, and (for inputs, params, consts) its shape.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Value {
     pub name: String,
     pub kind: ValueKind,
@@ -35,7 +37,7 @@ pub struct Value {
 }
 
 /// One operation: a module path name (`layer1.0.conv1`), the op, its inputs and outputs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub name: String,
     pub op: Op,
@@ -72,6 +74,17 @@ impl Graph {
             inputs,
             outputs,
         });
+    }
+
+    /// Drop the tensors no node reads and no output names (e.g. fp32 weights replaced by int8).
+    pub fn retain_used_tensors(&mut self) {
+        let used: std::collections::HashSet<ValueId> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter().copied())
+            .chain(self.outputs.iter().copied())
+            .collect();
+        self.tensors.retain(|id, _| used.contains(id));
     }
 
     /// Parameters in declaration order.

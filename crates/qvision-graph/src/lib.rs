@@ -17,6 +17,7 @@ pub mod exec;
 mod ir;
 pub mod op;
 pub mod passes;
+pub mod serialize;
 pub mod weights;
 
 pub use builder::GraphBuilder;

@@ -6,7 +6,7 @@ use qvision_kernels::pool::Pool2dParams;
 use qvision_kernels::Activation;
 
 /// An operation and its attributes. Input order is given per variant.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// `[x, weight, bias?, residual?]`, NCHW. `act` is a fused activation and `residual` a fused
     /// residual add (`act(conv(x) + bias + residual)`), both set by [`crate::passes`].

@@ -91,8 +91,13 @@ pub fn load_state_dict(
 
 /// FNV-1a, 64-bit.
 pub fn fnv1a64(s: &str) -> u64 {
+    fnv1a64_bytes(s.as_bytes())
+}
+
+/// FNV-1a, 64-bit, over bytes.
+pub fn fnv1a64_bytes(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
+    for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

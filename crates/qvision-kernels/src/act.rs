@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 /// The activations of the torchvision classification zoo.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Activation {
     Relu,
     Relu6,

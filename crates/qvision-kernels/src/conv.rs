@@ -17,7 +17,7 @@ use qvision_tensor::pool;
 use rayon::prelude::*;
 
 /// Geometry of a 2-D convolution, as `torch.nn.Conv2d` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Conv2dParams {
     pub in_channels: usize,
     pub out_channels: usize,

@@ -4,7 +4,7 @@ use crate::{shape_err, KernelError};
 use qvision_tensor::pool;
 use rayon::prelude::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BinaryOp {
     Add,
     Mul,

@@ -7,7 +7,7 @@ use qvision_tensor::pool as buffers;
 use rayon::prelude::*;
 
 /// Window geometry shared by max and average pooling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Pool2dParams {
     pub kernel: [usize; 2],
     pub stride: [usize; 2],

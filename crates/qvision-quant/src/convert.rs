@@ -211,5 +211,6 @@ pub fn convert(
         .iter()
         .map(|&o| f32_view(&mut out, &repr, &mut to_f32, o))
         .collect();
+    out.retain_used_tensors();
     Ok((out, report))
 }

@@ -1,0 +1,140 @@
+//! `qvision quantize`: post-training int8 quantization into a `.qvm` file.
+
+use crate::common::{build_model, emit, eval_transform, qvm_meta};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use qvision_graph::weights;
+use qvision_io::image_io::load_rgb;
+use qvision_quant::calibrate::ObserverKind;
+use qvision_quant::{quantize_ptq, Backend, QConfig};
+use qvision_tensor::Tensor;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model name (see `qvision models`).
+    model: String,
+    /// torchvision weights (.pth or .safetensors).
+    #[arg(long, required_unless_present = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Deterministic formula weights instead of a file (benchmarks only).
+    #[arg(long)]
+    random_weights: bool,
+    /// Calibration images: a directory of JPEG/PNG files, or `synthetic` (random inputs,
+    /// benchmarks only).
+    #[arg(long)]
+    calib: String,
+    /// How many calibration images to use.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// minmax, moving-average, histogram, percentile or entropy.
+    #[arg(long, default_value = "histogram")]
+    observer: String,
+    /// x86 (per-channel weights) or arm (per-tensor weights).
+    #[arg(long, default_value = "x86")]
+    backend: String,
+    /// Output file (.qvm), written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let observer: ObserverKind = a.observer.parse()?;
+    let backend = match a.backend.as_str() {
+        "x86" => Backend::X86,
+        "arm" => Backend::Arm,
+        other => anyhow::bail!("--backend {other}: use x86 or arm"),
+    };
+    if a.samples == 0 {
+        anyhow::bail!("--samples must be at least 1");
+    }
+    let mut model = build_model(&a.model, a.weights.as_deref(), true)?;
+    if a.random_weights {
+        weights::init_formula(&mut model.graph);
+    }
+    let t = eval_transform(model.info, None, None);
+    let shape = vec![1, 3, t.crop, t.crop];
+    let batches: Vec<Tensor> = if a.calib == "synthetic" {
+        (0..a.samples)
+            .map(|i| {
+                let v = weights::formula_uniform(i as u64, 3 * t.crop * t.crop);
+                Tensor::from_f32(shape.clone(), v.into_iter().map(|x| x * 4.0).collect())
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        let dir = PathBuf::from(&a.calib);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading calibration directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                })
+            })
+            .collect();
+        files.sort();
+        files.truncate(a.samples);
+        if files.is_empty() {
+            anyhow::bail!("{}: no JPEG or PNG images to calibrate with", dir.display());
+        }
+        let bar = if std::io::stderr().is_terminal() && !a.json {
+            ProgressBar::new(files.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("calibration images {bar:30} {pos}/{len}")
+                .expect("template"),
+        );
+        let mut v = Vec::with_capacity(files.len());
+        for f in &files {
+            v.push(t.apply(&load_rgb(f)?).reshape(shape.clone())?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        v
+    };
+    let n = batches.len();
+    let (q, report) = quantize_ptq(
+        &model.graph,
+        batches,
+        observer,
+        QConfig::default_for(backend),
+        a.threads,
+    )?;
+    let summary = serde_json::json!({
+        "model": a.model,
+        "observer": a.observer,
+        "backend": a.backend,
+        "calibration_samples": n,
+        "int8_nodes": report.int8.len(),
+        "fp32_nodes": report.fp32.iter().map(|(name, kind)| serde_json::json!({"node": name, "op": kind})).collect::<Vec<_>>(),
+    });
+    let bytes = qvision_graph::serialize::to_bytes(&q, qvm_meta(&a.model, &t, &summary))?;
+    qvision_io::atomic::write(&a.out, &bytes)?;
+    if a.json {
+        return emit(&(serde_json::to_string(&summary)? + "\n"));
+    }
+    let mut s = format!(
+        "{}: {} convs in int8, {} nodes in fp32, calibrated on {n} images with the {} observer\nwrote {} ({:.1} MB)\n",
+        a.model,
+        report.int8.len(),
+        report.fp32.len(),
+        a.observer,
+        a.out.display(),
+        bytes.len() as f64 / 1e6
+    );
+    if !report.fp32.is_empty() {
+        s += "fp32 islands:\n";
+        for (name, kind) in &report.fp32 {
+            s += &format!("  {name:<40} {kind}\n");
+        }
+    }
+    emit(&s)
+}
