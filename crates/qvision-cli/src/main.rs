@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod eval;
 mod models;
 mod predict;
 mod quantize;
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::Args),
     /// Post-training int8 quantization into a .qvm file.
     Quantize(quantize::Args),
+    /// fp32 and int8 accuracy on labelled images, agreement and SQNR.
+    Eval(eval::Args),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Predict(a) => predict::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

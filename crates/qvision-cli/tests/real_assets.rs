@@ -198,3 +198,73 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
     assert!(correct_q >= 18, "int8 top-1 correct on {correct_q}/20");
     assert!(agree >= 19, "int8 agrees with fp32 on {agree}/20");
 }
+
+/// The same PTQ through the CLI: `quantize` (calibration images disjoint from the evaluation
+/// ones) then `eval` on the 20 labelled ImageNet photos.
+#[test]
+fn quantize_then_eval_through_the_cli() {
+    let Some(dir) = assets() else { return };
+    let tmp = std::env::temp_dir().join(format!("qv-eval-{}", std::process::id()));
+    let (calib, data) = (tmp.join("calib"), tmp.join("data"));
+    std::fs::create_dir_all(&calib).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(dir.join("foolbox")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        let to = if name.starts_with("imagenet") {
+            &data
+        } else if name.starts_with("cifar") || name.starts_with("mnist") {
+            &calib
+        } else {
+            continue;
+        };
+        std::fs::copy(&p, to.join(&name)).unwrap();
+    }
+    let weights = dir.join("mobilenet_v2-b0353104.pth");
+    let qvm = tmp.join("mnv2.qvm");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_qvision"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "quantize".as_ref(),
+        "mobilenet_v2".as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--calib".as_ref(),
+        calib.as_os_str(),
+        "--observer".as_ref(),
+        "percentile".as_ref(),
+        "--out".as_ref(),
+        qvm.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "eval".as_ref(),
+        "mobilenet_v2".as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--quantized".as_ref(),
+        qvm.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["images"], 20);
+    assert!(r["int8_top1"].as_f64().unwrap() >= 90.0, "{r}");
+    assert!(r["agreement"].as_f64().unwrap() >= 95.0, "{r}");
+    assert!(r["fp32_top1"].as_f64().unwrap() >= 90.0, "{r}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
