@@ -10,7 +10,7 @@
 //! slower than the blocked fp32 one.
 
 use crate::qparams::QuantParams;
-use crate::quantize::{quantize_bias, quantize_weights_per_channel};
+use crate::quantize::{quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor};
 use crate::QuantError;
 use qvision_graph::{Activation, Graph, Op, Value, ValueId, ValueKind};
 use qvision_tensor::{DType, Data, Tensor};
@@ -31,10 +31,12 @@ enum Repr {
     U8(ValueId, QuantParams),
 }
 
-/// Convert an optimized graph (as calibrated) with activation qparams keyed by value name.
+/// Convert an optimized graph (as calibrated) with activation qparams keyed by value name;
+/// weights follow `qconfig.weight_scheme` (per-channel for x86, per-tensor for arm).
 pub fn convert(
     g: &Graph,
     act: &BTreeMap<String, QuantParams>,
+    qconfig: &crate::qconfig::QConfig,
 ) -> Result<(Graph, ConvertReport), QuantError> {
     let mut out = Graph {
         name: g.name.clone(),
@@ -140,7 +142,11 @@ pub fn convert(
                     .tensor(node.inputs[1])
                     .map_err(|e| QuantError::Shape(e.to_string()))?;
                 let w = wt.as_f32().map_err(|e| QuantError::Shape(e.to_string()))?;
-                let (wq, sw) = quantize_weights_per_channel(w, params.out_channels)?;
+                let (wq, sw) = if qconfig.weight_scheme.is_per_channel() {
+                    quantize_weights_per_channel(w, params.out_channels)?
+                } else {
+                    quantize_weights_per_tensor(w, params.out_channels)?
+                };
                 let n_w = node.inputs.len() - usize::from(*residual);
                 let b: Vec<f32> = if n_w == 3 {
                     g.tensor(node.inputs[2])

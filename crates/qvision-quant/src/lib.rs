@@ -39,7 +39,7 @@ pub fn quantize_ptq(
     let prepared = prepare(graph)?;
     let mut cal = calibrate::Calibrator::new(observer, qconfig);
     calibrate::calibrate(&prepared, batches, threads, &mut cal)?;
-    convert::convert(&prepared, &cal.qparams())
+    convert::convert(&prepared, &cal.qparams(), &qconfig)
 }
 
 /// Signal-to-quantization-noise ratio in dB of `test` against `reference`.

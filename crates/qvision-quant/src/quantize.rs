@@ -33,6 +33,30 @@ pub fn quantize_weights_per_channel(
     Ok((q, qp.iter().map(|p| p.scale).collect()))
 }
 
+/// Per-tensor symmetric s8 weights (the arm/qnnpack style): one scale, repeated per channel so
+/// the kernels see the same layout as per-channel weights.
+pub fn quantize_weights_per_tensor(
+    w: &[f32],
+    channels: usize,
+) -> Result<(Vec<i8>, Vec<f32>), QuantError> {
+    if channels == 0 || !w.len().is_multiple_of(channels) {
+        return Err(QuantError::Shape(format!(
+            "{} values do not split into {channels} channels",
+            w.len()
+        )));
+    }
+    let amax = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let q = crate::qparams::calculate_qparams(
+        -amax,
+        amax,
+        QDType::QInt8,
+        QScheme::PerTensorSymmetric,
+        false,
+    );
+    let vals = w.iter().map(|&v| q.quantize(v, -128, 127) as i8).collect();
+    Ok((vals, vec![q.scale; channels]))
+}
+
 /// i32 bias in the accumulator's scale `s_in * s_w[c]`.
 pub fn quantize_bias(b: &[f32], s_in: f32, s_w: &[f32]) -> Vec<i32> {
     b.iter()
@@ -56,5 +80,10 @@ mod tests {
             }
         }
         assert!(quantize_weights_per_channel(&w, 5).is_err());
+        let (qt, st) = quantize_weights_per_tensor(&w, 3).unwrap();
+        assert!(st.iter().all(|&s| s == st[0]));
+        for (v, q) in w.iter().zip(&qt) {
+            assert!((*q as f32 * st[0] - v).abs() <= st[0] / 2.0 + 1e-6);
+        }
     }
 }

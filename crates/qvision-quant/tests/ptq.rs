@@ -66,3 +66,44 @@ fn check(name: &str, observer: ObserverKind, min_db: f64) {
 fn resnet18_ptq_runs_int8_convs() {
     check("resnet18", ObserverKind::MinMax, 20.0);
 }
+
+#[test]
+fn arm_backend_quantizes_weights_per_tensor() {
+    let model = build(
+        "resnet18",
+        &ModelOptions {
+            weights: Weights::Formula,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (q, _) = quantize_ptq(
+        &model.graph,
+        batches(2, 64, 1),
+        ObserverKind::MinMax,
+        QConfig::default_for(Backend::Arm),
+        None,
+    )
+    .unwrap();
+    let mut convs = 0;
+    for n in q
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::QConv2d { .. }))
+    {
+        let s = q.tensor(n.inputs[3]).unwrap().as_f32().unwrap();
+        assert!(
+            s.iter().all(|&v| v == s[0]),
+            "{}: per-tensor weights have one scale",
+            n.name
+        );
+        convs += 1;
+    }
+    assert!(convs > 10);
+    let x = batches(1, 64, 9).remove(0);
+    let y = Session::new(&q, SessionOptions::default())
+        .unwrap()
+        .run(vec![x])
+        .unwrap();
+    assert_eq!(y[0].shape(), &[1, 1000]);
+}
