@@ -28,8 +28,9 @@ pub struct Args {
     /// How many calibration images to use.
     #[arg(long, default_value_t = 100)]
     samples: usize,
-    /// minmax, moving-average, histogram, percentile or entropy.
-    #[arg(long, default_value = "histogram")]
+    /// minmax, moving-average, histogram (PyTorch's default), percentile (0.01–99.99 %, the
+    /// default: best agreement with fp32 on MobileNetV2) or entropy.
+    #[arg(long, default_value = "percentile")]
     observer: String,
     /// x86 (per-channel weights) or arm (per-tensor weights).
     #[arg(long, default_value = "x86")]
