@@ -1,17 +1,16 @@
 //! 2-D convolution over NCHW f32 tensors.
 //!
-//! Three paths, chosen once when the weights are prepared:
-//! - depthwise (one input channel per group): a direct loop, vectorisable along the row;
-//! - 1x1 with no padding: the input (subsampled for stride > 1) is already the GEMM's right-hand side;
-//! - everything else: im2col, then GEMM with prepacked weights.
+//! Two paths, chosen once when the weights are prepared:
+//! - depthwise (one input channel per group): [`crate::depthwise`], a direct SIMD loop;
+//! - everything else: [`crate::sgemm`] per group, reading a 1x1 stride-1 input in place and
+//!   any other geometry through an implicit im2col (never materialised).
 //!
-//! Bias and an optional activation are applied in the epilogue.
-//! [`crate::reference::conv2d`] is the scalar reference for all three.
+//! Bias, residual and activation are fused into the store.
+//! [`crate::reference::conv2d`] is the scalar reference for both.
 
 use crate::act::Activation;
 use crate::depthwise::depthwise;
-use crate::gemm::{self, Bias, Lhs, PackedMatrix};
-use crate::sgemm::{sgemm, valid_range, Epilogue, Im2colGeom, PackedA, Rhs};
+use crate::sgemm::{sgemm, Epilogue, Im2colGeom, PackedA, Rhs};
 use crate::{shape_err, KernelError};
 use qvision_tensor::pool;
 use rayon::prelude::*;
@@ -80,20 +79,10 @@ enum Path {
     Depthwise {
         weight: Vec<f32>,
     },
-    /// rten-gemm with packed weights; bias in the GEMM, residual/activation in a second pass.
-    Gemm {
-        packed: Vec<PackedMatrix>,
-    },
     /// qvision's sgemm: B read in place, bias/residual/activation fused into the store.
     Direct {
         packed: Vec<PackedA>,
     },
-}
-
-/// Which GEMM backs dense convolutions: `QVISION_GEMM=rten|qvision` (default qvision).
-fn use_rten() -> bool {
-    static RTEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *RTEN.get_or_init(|| std::env::var("QVISION_GEMM").is_ok_and(|v| v == "rten"))
 }
 
 /// A convolution with its weights prepared (packed) once, for repeated runs.
@@ -135,14 +124,6 @@ impl PreparedConv {
             Path::Depthwise {
                 weight: weight.to_vec(),
             }
-        } else if use_rten() {
-            let cout_g = params.out_channels / params.groups;
-            let k = weight.len() / params.out_channels;
-            let packed = weight
-                .chunks(cout_g * k)
-                .map(|w| PackedMatrix::pack(w, cout_g, k))
-                .collect::<Result<Vec<_>, _>>()?;
-            Path::Gemm { packed }
         } else {
             let cout_g = params.out_channels / params.groups;
             let k = weight.len() / params.out_channels;
@@ -225,17 +206,15 @@ impl PreparedConv {
                     let dw_act = if residual.is_none() { act } else { None };
                     depthwise(p, weight, self.bias.as_deref(), dw_act, x, h, w, y, oh, ow)
                 }
-                Path::Gemm { packed } => self.gemm_image(packed, x, h, w, y, oh, ow)?,
                 Path::Direct { packed } => {
                     let res = residual.map(|r| &r[img * out_img..(img + 1) * out_img]);
                     self.direct_image(packed, x, h, w, y, oh, ow, res, act)?
                 }
             }
         }
-        match self.path {
-            Path::Direct { .. } => {}
-            Path::Depthwise { .. } if residual.is_none() => {}
-            _ => epilogue(&mut out, residual, act),
+        // a depthwise conv with a residual applies both after the loop
+        if matches!(self.path, Path::Depthwise { .. }) && residual.is_some() {
+            epilogue(&mut out, residual, act);
         }
         Ok((out, oh, ow))
     }
@@ -293,57 +272,6 @@ impl PreparedConv {
             .enumerate()
             .try_for_each(|(g, (pa, yg))| run_group(g, pa, yg))
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_image(
-        &self,
-        packed: &[PackedMatrix],
-        x: &[f32],
-        h: usize,
-        w: usize,
-        y: &mut [f32],
-        oh: usize,
-        ow: usize,
-    ) -> Result<(), KernelError> {
-        let mut col = Vec::new();
-        let result = self.gemm_groups(packed, x, h, w, y, oh, ow, &mut col);
-        pool::recycle(col);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_groups(
-        &self,
-        packed: &[PackedMatrix],
-        x: &[f32],
-        h: usize,
-        w: usize,
-        y: &mut [f32],
-        oh: usize,
-        ow: usize,
-        col: &mut Vec<f32>,
-    ) -> Result<(), KernelError> {
-        let p = &self.params;
-        let cin_g = p.in_channels / p.groups;
-        let cout_g = p.out_channels / p.groups;
-        let n_cols = oh * ow;
-        for (g, pm) in packed.iter().enumerate() {
-            let xg = &x[g * cin_g * h * w..(g + 1) * cin_g * h * w];
-            let yg = &mut y[g * cout_g * n_cols..(g + 1) * cout_g * n_cols];
-            let bias = self
-                .bias
-                .as_ref()
-                .map(|b| Bias::PerRow(&b[g * cout_g..(g + 1) * cout_g]));
-            let rhs: &[f32] = if p.is_pointwise() && p.stride == [1, 1] {
-                xg
-            } else {
-                im2col(p, xg, cin_g, h, w, oh, ow, col);
-                col
-            };
-            gemm::matmul(yg, Lhs::Packed(pm), rhs, n_cols, n_cols, bias)?;
-        }
-        Ok(())
-    }
 }
 
 /// `out = act(out + residual)`, in one parallel pass.
@@ -363,59 +291,6 @@ fn epilogue(out: &mut [f32], residual: Option<&[f32]>, act: Option<Activation>) 
                 None => o.iter_mut().zip(r).for_each(|(o, r)| *o += r),
             }),
     }
-}
-
-/// Expand one group's input into a `(cin_g*kh*kw) x (oh*ow)` matrix.
-#[allow(clippy::too_many_arguments)]
-fn im2col(
-    p: &Conv2dParams,
-    x: &[f32],
-    cin_g: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    col: &mut Vec<f32>,
-) {
-    let [kh, kw] = p.kernel;
-    let n_cols = oh * ow;
-    let len = cin_g * kh * kw * n_cols;
-    if col.capacity() < len {
-        pool::recycle(std::mem::take(col));
-        *col = pool::take(len);
-    }
-    col.resize(len, 0.0);
-    col.truncate(len);
-    col.par_chunks_mut(n_cols).enumerate().for_each(|(r, row)| {
-        let c = r / (kh * kw);
-        let ky = (r / kw) % kh;
-        let kx = r % kw;
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-            let dst = &mut row[oy * ow..(oy + 1) * ow];
-            if iy < 0 || iy >= h as isize {
-                dst.fill(0.0);
-                continue;
-            }
-            let src = &xc[iy as usize * w..(iy as usize + 1) * w];
-            let off = (kx * p.dilation[1]) as isize - p.padding[1] as isize;
-            let (lo, hi) = valid_range(ow, p.stride[1], off, w);
-            dst[..lo].fill(0.0);
-            dst[hi..].fill(0.0);
-            if hi <= lo {
-                continue;
-            }
-            if p.stride[1] == 1 {
-                let s0 = (lo as isize + off) as usize;
-                dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-            } else {
-                for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                    *d = src[(ox as isize * p.stride[1] as isize + off) as usize];
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]
