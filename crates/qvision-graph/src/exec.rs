@@ -8,7 +8,6 @@ use qvision_kernels::blocked::{self, conv::BlockedConv};
 use qvision_kernels::conv::PreparedConv;
 use qvision_kernels::elementwise::{binary, binary_in_place, softmax_rows, BinaryOp};
 use qvision_kernels::gemm::{self, Bias, Lhs};
-use qvision_kernels::qconv::PreparedQConv;
 use qvision_kernels::{layout, norm, pool};
 use qvision_tensor::{pool as buffers, Tensor};
 
@@ -37,7 +36,7 @@ impl Default for SessionOptions {
 enum Prepared {
     None,
     Conv(PreparedConv),
-    QConv(PreparedQConv),
+    Q(crate::exec_q::QPrepared),
     Blocked(BlockedConv),
     /// Weight transposed to `in x out`, and the bias.
     Linear {
@@ -155,7 +154,10 @@ impl Session {
                         * params.kernel[0]
                         * params.kernel[1]) as f64
                 }
-                (Op::Conv2d { params, .. }, Some(y)) => {
+                (
+                    Op::Conv2d { params, .. } | Op::Q(crate::qop::QOp::Conv2d { params, .. }),
+                    Some(y),
+                ) => {
                     2.0 * (y.numel() * params.in_channels / params.groups
                         * params.kernel[0]
                         * params.kernel[1]) as f64
@@ -181,7 +183,12 @@ impl Session {
             }
             if let Some(p) = profile.as_mut() {
                 let key = match (&node.op, prep) {
-                    (Op::Conv2d { params, .. } | Op::ConvBlocked { params, .. }, _) => format!(
+                    (
+                        Op::Conv2d { params, .. }
+                        | Op::ConvBlocked { params, .. }
+                        | Op::Q(crate::qop::QOp::Conv2d { params, .. }),
+                        _,
+                    ) => format!(
                         "{} k{}x{} s{} {}",
                         node.op.kind(),
                         params.kernel[0],
@@ -260,34 +267,7 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
         })
     };
     Ok(match &n.op {
-        Op::QConv2d {
-            params,
-            input,
-            output,
-            relu,
-            ..
-        } => {
-            let node_err = |e: String| GraphError::node(&n.name, "QConv2d", e);
-            let w = g
-                .tensor(n.inputs[1])?
-                .as_i8()
-                .map_err(|e| node_err(e.to_string()))?;
-            let b = g
-                .tensor(n.inputs[2])?
-                .as_i32()
-                .map_err(|e| node_err(e.to_string()))?;
-            let sw = f32_of(n.inputs[3])?;
-            let out = qvision_kernels::qconv::QConvOutput {
-                za: input.1 as u8,
-                multiplier: sw.iter().map(|s| input.0 * s / output.0).collect(),
-                zo: output.1 as u8,
-                relu: *relu,
-            };
-            Prepared::QConv(
-                PreparedQConv::new(*params, w, Some(b), out)
-                    .map_err(|e| GraphError::from_kernel(&n.name, "QConv2d", e))?,
-            )
-        }
+        Op::Q(q) => Prepared::Q(crate::exec_q::prepare(g, n, q)?),
         Op::Conv2d {
             params,
             act,
@@ -486,51 +466,12 @@ fn run_node(
             })?;
             one(tensor(shape, y)?)
         }
-        (
-            Op::QConv2d {
-                residual, output, ..
-            },
-            Prepared::QConv(conv),
-        ) => {
-            let x = fetch(g, env, ins[0])?;
-            let [n, _, h, w] = nchw(x)?;
-            let xs = x.as_u8().map_err(|e| e.to_string())?;
-            let res = match residual {
-                Some((scale, zp)) => {
-                    let r = fetch(g, env, ins[4])?;
-                    Some((r.as_u8().map_err(|e| e.to_string())?, *zp, scale / output.0))
-                }
-                None => None,
-            };
-            let (y, oh, ow) = conv.run_with_residual(xs, n, h, w, res).map_err(ke)?;
-            one(
-                Tensor::from_u8(vec![n, conv.params().out_channels, oh, ow], y)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        (Op::Quantize { scale, zero_point }, _) => {
-            let x = fetch(g, env, ins[0])?;
-            let xs = f32s(x)?;
-            let mut q = vec![0u8; xs.len()];
-            use rayon::prelude::*;
-            q.par_chunks_mut(1 << 14)
-                .zip(xs.par_chunks(1 << 14))
-                .for_each(|(d, s)| {
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        *o =
-                            ((v / scale).round_ties_even() as i32 + zero_point).clamp(0, 255) as u8;
-                    }
-                });
-            one(Tensor::from_u8(x.shape().to_vec(), q).map_err(|e| e.to_string())?)
-        }
-        (Op::Dequantize { scale, zero_point }, _) => {
-            let x = fetch(g, env, ins[0])?;
-            let q = x.as_u8().map_err(|e| e.to_string())?;
-            let mut y = buffers::take(q.len());
-            y.iter_mut()
-                .zip(q)
-                .for_each(|(o, &v)| *o = (v as i32 - zero_point) as f32 * scale);
-            one(tensor(x.shape().to_vec(), y)?)
+        (Op::Q(q), Prepared::Q(p)) => {
+            let ts: Vec<&Tensor> = ins
+                .iter()
+                .map(|&i| fetch(g, env, i))
+                .collect::<Result<_, _>>()?;
+            crate::exec_q::run(q, p, &ts)
         }
         (Op::ToBlocked, _) => {
             let x = fetch(g, env, ins[0])?;

@@ -14,9 +14,11 @@
 pub mod builder;
 mod error;
 pub mod exec;
+mod exec_q;
 mod ir;
 pub mod op;
 pub mod passes;
+pub mod qop;
 pub mod serialize;
 pub mod weights;
 
@@ -25,4 +27,5 @@ pub use error::GraphError;
 pub use exec::{Session, SessionOptions};
 pub use ir::{Graph, Node, NodeId, Value, ValueId, ValueKind};
 pub use op::Op;
+pub use qop::{QOp, Qp};
 pub use qvision_kernels::Activation;

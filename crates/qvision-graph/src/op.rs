@@ -77,25 +77,8 @@ pub enum Op {
     FromBlocked {
         channels: usize,
     },
-    /// f32 to u8: `clamp(round(x / scale) + zero_point, 0, 255)`.
-    Quantize {
-        scale: f32,
-        zero_point: i32,
-    },
-    /// u8 to f32: `(q - zero_point) * scale`.
-    Dequantize {
-        scale: f32,
-        zero_point: i32,
-    },
-    /// Quantized Conv2d, NCHW u8 in and out: `[x_u8, weight_s8, bias_i32, weight_scales_f32,
-    /// residual_u8?]`. The output is requantized to `output`; `relu` clamps at its zero point.
-    QConv2d {
-        params: Conv2dParams,
-        input: (f32, i32),
-        output: (f32, i32),
-        residual: Option<(f32, i32)>,
-        relu: bool,
-    },
+    /// A quantized operator (u8 activations).
+    Q(crate::qop::QOp),
     /// Conv2d on blocked input and output: `[x, weight, bias?, residual?]` as for `Conv2d`.
     ConvBlocked {
         params: Conv2dParams,
@@ -141,9 +124,7 @@ impl Op {
             Op::ToBlocked => "ToBlocked",
             Op::FromBlocked { .. } => "FromBlocked",
             Op::ConvBlocked { .. } => "ConvBlocked",
-            Op::Quantize { .. } => "Quantize",
-            Op::Dequantize { .. } => "Dequantize",
-            Op::QConv2d { .. } => "QConv2d",
+            Op::Q(q) => q.kind(),
         }
     }
 
@@ -236,22 +217,7 @@ impl Op {
                 let [n, c, _, _] = nchw(s)?;
                 vec![vec![n, c, output[0], output[1]]]
             }
-            Op::Quantize { .. } | Op::Dequantize { .. } => {
-                want(1)?;
-                vec![ins[0].to_vec()]
-            }
-            Op::QConv2d { params, .. } => {
-                want(4)?;
-                let [n, c, h, w] = nchw(ins[0])?;
-                if c != params.in_channels {
-                    return Err(format!(
-                        "input has {c} channels, conv expects {}",
-                        params.in_channels
-                    ));
-                }
-                let (oh, ow) = params.output_size(h, w).map_err(|e| e.to_string())?;
-                vec![vec![n, params.out_channels, oh, ow]]
-            }
+            Op::Q(q) => q.infer_shapes(ins)?,
             Op::ToBlocked => {
                 want(1)?;
                 let [n, c, h, w] = nchw(ins[0])?;
@@ -373,12 +339,12 @@ impl Op {
                     * params.kernel[0]
                     * params.kernel[1]) as u64
             }
-            Op::Conv2d { params, .. } | Op::QConv2d { params, .. } => {
+            Op::Conv2d { params, .. } | Op::Q(crate::qop::QOp::Conv2d { params, .. }) => {
                 let out: usize = outs[0].iter().product();
                 (out * (params.in_channels / params.groups) * params.kernel[0] * params.kernel[1])
                     as u64
             }
-            Op::Linear { .. } => {
+            Op::Linear { .. } | Op::Q(crate::qop::QOp::Linear { .. }) => {
                 let out: usize = outs[0].iter().product();
                 (out * ins[1][1]) as u64
             }

@@ -99,6 +99,24 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
                     }
                 }
             }
+            Op::Binary(BinaryOp::Mul) => {
+                // ConvNeXt's layer scale: linear -> permute(0, 3, 1, 2) -> mul by a [C, 1, 1]
+                // constant becomes a linear with scaled rows.
+                if let Some((lin, w, b)) =
+                    fold_layer_scale(g, &new_tensors, &nodes, &producer, &uses, &inputs)
+                {
+                    let n = nodes[lin].as_mut().expect("producer exists");
+                    let wid =
+                        push_const(&mut out.values, &format!("{}.weight(scaled)", n.name), &w);
+                    let bid = push_const(&mut out.values, &format!("{}.bias(scaled)", n.name), &b);
+                    n.inputs.truncate(1);
+                    n.inputs.extend([wid, bid]);
+                    new_tensors.insert(wid, w);
+                    new_tensors.insert(bid, b);
+                    redirect(&mut alias, &mut uses, node.outputs[0], inputs[0]);
+                    continue;
+                }
+            }
             Op::Binary(BinaryOp::Add) => {
                 // conv(x) + r -> conv with a residual epilogue, moved here so r is ready.
                 let fusable = [(0, 1), (1, 0)].into_iter().find_map(|(c, r)| {
@@ -165,6 +183,51 @@ fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> Val
         shape: Some(t.shape().to_vec()),
     });
     ValueId(values.len() - 1)
+}
+
+/// For `mul(permute(linear(x)), gamma)` (gamma `[C, 1, 1]` constant, single uses): the linear
+/// node's index and its weight and bias with gamma folded in.
+fn fold_layer_scale(
+    g: &Graph,
+    fresh: &HashMap<ValueId, Tensor>,
+    nodes: &[Option<Node>],
+    producer: &HashMap<ValueId, usize>,
+    uses: &[usize],
+    inputs: &[ValueId],
+) -> Option<(usize, Tensor, Tensor)> {
+    let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id));
+    let single = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
+    let gamma = get(inputs[1])?;
+    let perm = nodes[single(inputs[0])?].as_ref()?;
+    if !matches!(&perm.op, Op::Permute { perm } if perm == &[0, 3, 1, 2]) {
+        return None;
+    }
+    let li = single(perm.inputs[0])?;
+    let lin = nodes[li].as_ref()?;
+    if !matches!(lin.op, Op::Linear { act: None }) {
+        return None;
+    }
+    let w = get(lin.inputs[1])?;
+    let [out, inn] = <[usize; 2]>::try_from(w.shape()).ok()?;
+    if gamma.shape() != [out, 1, 1] {
+        return None;
+    }
+    let (gv, wv) = (gamma.as_f32().ok()?, w.as_f32().ok()?);
+    let b: Vec<f32> = match lin.inputs.get(2) {
+        Some(&b) => get(b)?.as_f32().ok()?.to_vec(),
+        None => vec![0.0; out],
+    };
+    let nw: Vec<f32> = wv
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * gv[i / inn])
+        .collect();
+    let nb: Vec<f32> = b.iter().zip(gv).map(|(v, s)| v * s).collect();
+    Some((
+        li,
+        Tensor::from_f32(vec![out, inn], nw).ok()?,
+        Tensor::from_f32(vec![out], nb).ok()?,
+    ))
 }
 
 /// New conv weight and bias with the BN after it folded in, if all tensors are present.
@@ -352,6 +415,16 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
                 let o = rename(&mut out);
                 push(&mut out, node.name.clone(), node.op.clone(), vec![a, b], o);
                 repr.insert(o0, Repr::Blocked(o, c));
+            }
+            Op::Q(crate::qop::QOp::Quantize { q, nhwc: true })
+                if is_blocked(&repr, node.inputs[0]) =>
+            {
+                let op = crate::qop::QOp::QuantizeBlocked {
+                    q: *q,
+                    channels: channels(&repr, node.inputs[0]),
+                };
+                let x = blocked(&mut out, &repr, &mut to_b, node.inputs[0]);
+                out.push_node(node.name.clone(), Op::Q(op), vec![x], node.outputs.clone());
             }
             Op::Concat { axis: 1 }
                 if node

@@ -57,7 +57,7 @@ impl Activation {
 
 /// One loop per activation (the match hoisted out), so each vectorises.
 #[inline(always)]
-fn apply_slice_body(x: &mut [f32], a: Activation) {
+pub(crate) fn apply_slice_body(x: &mut [f32], a: Activation) {
     match a {
         Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         Activation::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),

@@ -13,8 +13,8 @@ pub mod isa;
 pub mod layout;
 pub mod norm;
 pub mod pool;
-pub mod qconv;
-pub mod qgemm;
+pub mod qnhwc;
+pub mod qops;
 pub mod reference;
 pub mod sgemm;
 

@@ -50,6 +50,7 @@ pub struct Calibrator {
     kind: ObserverKind,
     qconfig: QConfig,
     observers: BTreeMap<String, Box<dyn Observer>>,
+    shapes: BTreeMap<String, Vec<usize>>,
 }
 
 impl Calibrator {
@@ -58,6 +59,7 @@ impl Calibrator {
             kind,
             qconfig,
             observers: BTreeMap::new(),
+            shapes: BTreeMap::new(),
         }
     }
 
@@ -87,6 +89,18 @@ impl Calibrator {
         if let Some(o) = self.observers.get_mut(name) {
             o.observe(x);
         }
+    }
+
+    /// Remember the shape an activation had (convert checks broadcasting with it).
+    pub fn record_shape(&mut self, name: &str, shape: &[usize]) {
+        if !self.shapes.contains_key(name) {
+            self.shapes.insert(name.to_string(), shape.to_vec());
+        }
+    }
+
+    /// The shape each activation had in the first calibration batch.
+    pub fn shapes(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.shapes
     }
 
     /// Observed activations, by name.
@@ -133,6 +147,7 @@ pub fn calibrate(
                     if let Ok(x) = t.as_f32() {
                         let name = &session.graph().values[v.0].name;
                         cal.observe(name, x);
+                        cal.record_shape(name, t.shape());
                     }
                 }
             })

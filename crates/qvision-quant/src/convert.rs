@@ -1,222 +1,583 @@
 //! `convert`: turn a calibrated fp32 graph into an int8 graph (PyTorch's `convert`).
 //!
-//! Every convolution whose input and output were observed becomes a `QConv2d` on u8 activations
-//! (per-channel s8 weights, i32 bias, fused ReLU/ReLU6 and residual add). Everything else stays
-//! fp32; `Quantize` / `Dequantize` appear only where the precision changes, so chains of convs
-//! stay in int8. The report lists the fp32 islands.
+//! Convolutions (dense, grouped, depthwise, any stride) and linear layers become int8 GEMMs
+//! with s8 weights (per channel or per tensor, as the node's qconfig says), i32 biases and a
+//! fused epilogue (activation, residual add). Around them, adds and multiplies requantize,
+//! activations become byte tables, pools, concat, split, channel shuffle, flatten and
+//! LayerNorm run on u8 too. Rank-4 u8 activations are NHWC. `Quantize` / `Dequantize` appear
+//! only where the precision changes; whatever has no int8 kernel stays fp32 between them, and
+//! the report lists these fp32 islands.
 //!
 //! Graph inputs are not observed, so a stem conv reading the image stays fp32: quantizing the
-//! normalised image cost MobileNetV2 a top-1 on the foolbox images and the int8 7x7 stem was
-//! slower than the blocked fp32 one.
+//! normalised image cost MobileNetV2 a top-1 on the foolbox images. Pass-through ops (max pool,
+//! flatten, split, shuffle) convert only when their input is already u8, so a quantize lands
+//! after them where that is cheaper.
 
+use crate::calibrate::Calibrator;
+use crate::qconfig::{QConfig, QConfigMapping};
 use crate::qparams::QuantParams;
 use crate::quantize::{quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor};
 use crate::QuantError;
-use qvision_graph::{Activation, Graph, Op, Value, ValueId, ValueKind};
+use qvision_graph::{Graph, Node, Op, QOp, Value, ValueId, ValueKind};
+use qvision_kernels::elementwise::BinaryOp;
+use qvision_kernels::qops::{requant_table, Q};
 use qvision_tensor::{DType, Data, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
 /// What `convert` did.
 #[derive(Debug, Default, Clone)]
 pub struct ConvertReport {
-    /// Nodes now running in int8.
-    pub int8: Vec<String>,
+    /// Nodes now running in int8: (name, op kind).
+    pub int8: Vec<(String, String)>,
     /// Nodes left in fp32 (name, op kind), the "fp32 islands".
     pub fp32: Vec<(String, String)>,
+    /// Every value now held in u8: where to find it and how to read it back.
+    pub values: Vec<QuantizedValue>,
+}
+
+/// A value of the fp32 graph that the int8 graph holds in u8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedValue {
+    /// Name in the fp32 (prepared) graph.
+    pub name: String,
+    /// Name of the u8 value in the int8 graph.
+    pub u8_name: String,
+    /// The node that computes it.
+    pub node: String,
+    pub scale: f32,
+    pub zero_point: i32,
+    /// Held as NHWC (a rank-4 activation) rather than in its logical layout.
+    pub nhwc: bool,
+}
+
+impl ConvertReport {
+    /// Int8 nodes of one op kind (e.g. `Conv2d`).
+    pub fn int8_count(&self, kind: &str) -> usize {
+        self.int8.iter().filter(|(_, k)| k == kind).count()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Layout {
+    Nhwc,
+    Plain,
 }
 
 #[derive(Clone, Copy)]
 enum Repr {
     F32(ValueId),
-    U8(ValueId, QuantParams),
+    U8(ValueId, QuantParams, Layout),
 }
 
-/// Convert an optimized graph (as calibrated) with activation qparams keyed by value name;
-/// weights follow `qconfig.weight_scheme` (per-channel for x86, per-tensor for arm).
-pub fn convert(
-    g: &Graph,
-    act: &BTreeMap<String, QuantParams>,
-    qconfig: &crate::qconfig::QConfig,
-) -> Result<(Graph, ConvertReport), QuantError> {
-    let mut out = Graph {
-        name: g.name.clone(),
-        values: g.values.clone(),
-        nodes: Vec::with_capacity(g.nodes.len()),
-        inputs: g.inputs.clone(),
-        outputs: vec![],
-        tensors: g.tensors.clone(),
-    };
-    let mut report = ConvertReport::default();
-    let mut repr: HashMap<ValueId, Repr> = HashMap::new();
-    let mut to_u8: HashMap<ValueId, ValueId> = HashMap::new();
-    let mut to_f32: HashMap<ValueId, ValueId> = HashMap::new();
+fn qp(q: QuantParams) -> (f32, i32) {
+    (q.scale, q.zero_point)
+}
 
-    fn value(out: &mut Graph, name: String, dtype: DType) -> ValueId {
-        out.values.push(Value {
+fn shape_err(e: impl ToString) -> QuantError {
+    QuantError::Shape(e.to_string())
+}
+
+struct Ctx<'a> {
+    g: &'a Graph,
+    act: &'a BTreeMap<String, QuantParams>,
+    shapes: &'a BTreeMap<String, Vec<usize>>,
+    out: Graph,
+    repr: HashMap<ValueId, Repr>,
+    to_u8: HashMap<(ValueId, Layout), ValueId>,
+    to_f32: HashMap<ValueId, ValueId>,
+    values: Vec<QuantizedValue>,
+}
+
+impl Ctx<'_> {
+    fn value(&mut self, name: String, dtype: DType) -> ValueId {
+        self.out.values.push(Value {
             name,
             kind: ValueKind::Const,
             dtype,
             shape: None,
         });
-        ValueId(out.values.len() - 1)
+        ValueId(self.out.values.len() - 1)
     }
-    fn constant(out: &mut Graph, name: String, t: Tensor) -> ValueId {
-        let id = value(out, name, t.dtype());
-        out.values[id.0].shape = Some(t.shape().to_vec());
-        out.tensors.insert(id, t);
+
+    fn constant(&mut self, name: String, t: Tensor) -> ValueId {
+        let id = self.value(name, t.dtype());
+        self.out.values[id.0].shape = Some(t.shape().to_vec());
+        self.out.tensors.insert(id, t);
         id
     }
-    fn push(out: &mut Graph, name: String, op: Op, inputs: Vec<ValueId>, output: ValueId) {
-        out.push_node(name, op, inputs, vec![output]);
-    }
-    let get =
-        |repr: &HashMap<ValueId, Repr>, v: ValueId| repr.get(&v).copied().unwrap_or(Repr::F32(v));
-    let f32_view = |out: &mut Graph,
-                    repr: &HashMap<ValueId, Repr>,
-                    to_f32: &mut HashMap<ValueId, ValueId>,
-                    v: ValueId| {
-        match get(repr, v) {
-            Repr::F32(id) => id,
-            Repr::U8(id, q) => *to_f32.entry(id).or_insert_with(|| {
-                let name = format!("{}.dequant", out.values[v.0].name);
-                let o = value(out, name.clone(), DType::F32);
-                push(
-                    out,
-                    name,
-                    Op::Dequantize {
-                        scale: q.scale,
-                        zero_point: q.zero_point,
-                    },
-                    vec![id],
-                    o,
-                );
-                o
-            }),
-        }
-    };
-    let u8_view = |out: &mut Graph,
-                   repr: &HashMap<ValueId, Repr>,
-                   to_u8: &mut HashMap<ValueId, ValueId>,
-                   v: ValueId,
-                   q: QuantParams| match get(repr, v) {
-        Repr::U8(id, _) => id,
-        Repr::F32(id) => *to_u8.entry(id).or_insert_with(|| {
-            let name = format!("{}.quant", out.values[v.0].name);
-            let o = value(out, name.clone(), DType::U8);
-            push(
-                out,
-                name,
-                Op::Quantize {
-                    scale: q.scale,
-                    zero_point: q.zero_point,
-                },
-                vec![id],
-                o,
-            );
-            o
-        }),
-    };
-    let qp_of = |v: ValueId, repr: &HashMap<ValueId, Repr>| match get(repr, v) {
-        Repr::U8(_, q) => Some(q),
-        Repr::F32(_) => act.get(&g.values[v.0].name).copied(),
-    };
 
-    for node in &g.nodes {
-        if let Op::Conv2d {
-            params,
-            act: a,
-            residual,
-        } = &node.op
-        {
-            let relu = matches!(a, Some(Activation::Relu) | Some(Activation::Relu6));
-            let x = node.inputs[0];
-            let y = node.outputs[0];
-            let res_in = residual.then(|| node.inputs[node.inputs.len() - 1]);
-            let qx = qp_of(x, &repr);
-            let qy = act.get(&g.values[y.0].name).copied();
-            let qr = res_in.map(|r| qp_of(r, &repr));
-            if let (true, Some(qx), Some(qy), None | Some(Some(_))) =
-                (a.is_none() || relu, qx, qy, qr)
-            {
-                let wt = g
-                    .tensor(node.inputs[1])
-                    .map_err(|e| QuantError::Shape(e.to_string()))?;
-                let w = wt.as_f32().map_err(|e| QuantError::Shape(e.to_string()))?;
-                let (wq, sw) = if qconfig.weight_scheme.is_per_channel() {
-                    quantize_weights_per_channel(w, params.out_channels)?
-                } else {
-                    quantize_weights_per_tensor(w, params.out_channels)?
-                };
-                let n_w = node.inputs.len() - usize::from(*residual);
-                let b: Vec<f32> = if n_w == 3 {
-                    g.tensor(node.inputs[2])
-                        .map_err(|e| QuantError::Shape(e.to_string()))?
-                        .as_f32()
-                        .map_err(|e| QuantError::Shape(e.to_string()))?
-                        .to_vec()
-                } else {
-                    vec![0.0; params.out_channels]
-                };
-                let bq = quantize_bias(&b, qx.scale, &sw);
-                let xin = u8_view(&mut out, &repr, &mut to_u8, x, qx);
-                let wid = constant(
-                    &mut out,
-                    format!("{}.weight(s8)", node.name),
-                    Tensor::new(wt.shape().to_vec(), Data::I8(wq))
-                        .map_err(|e| QuantError::Shape(e.to_string()))?,
-                );
-                let bid = constant(
-                    &mut out,
-                    format!("{}.bias(i32)", node.name),
-                    Tensor::new(vec![params.out_channels], Data::I32(bq))
-                        .map_err(|e| QuantError::Shape(e.to_string()))?,
-                );
-                let sid = constant(
-                    &mut out,
-                    format!("{}.weight_scale", node.name),
-                    Tensor::from_f32(vec![params.out_channels], sw)
-                        .map_err(|e| QuantError::Shape(e.to_string()))?,
-                );
-                let mut ins = vec![xin, wid, bid, sid];
-                let mut rq = None;
-                if let (Some(r), Some(Some(q))) = (res_in, qr) {
-                    ins.push(u8_view(&mut out, &repr, &mut to_u8, r, q));
-                    rq = Some((q.scale, q.zero_point));
+    fn get(&self, v: ValueId) -> Repr {
+        self.repr.get(&v).copied().unwrap_or(Repr::F32(v))
+    }
+
+    fn name(&self, v: ValueId) -> &str {
+        &self.g.values[v.0].name
+    }
+
+    fn observed(&self, v: ValueId) -> Option<QuantParams> {
+        self.act.get(self.name(v)).copied()
+    }
+
+    fn shape(&self, v: ValueId) -> Option<&[usize]> {
+        self.shapes.get(self.name(v)).map(Vec::as_slice)
+    }
+
+    /// The value's quantization: as it is held in u8, or as observed.
+    fn qparams(&self, v: ValueId) -> Option<QuantParams> {
+        match self.get(v) {
+            Repr::U8(_, q, _) => Some(q),
+            Repr::F32(_) => self.observed(v),
+        }
+    }
+
+    fn u8_layout(&self, v: ValueId) -> Option<Layout> {
+        match self.get(v) {
+            Repr::U8(_, _, l) => Some(l),
+            Repr::F32(_) => None,
+        }
+    }
+
+    fn is_activation(&self, v: ValueId) -> bool {
+        matches!(
+            self.g.values[v.0].kind,
+            ValueKind::NodeOutput { .. } | ValueKind::Input
+        )
+    }
+
+    fn f32_view(&mut self, v: ValueId) -> ValueId {
+        match self.get(v) {
+            Repr::F32(id) => id,
+            Repr::U8(id, q, l) => {
+                if let Some(&f) = self.to_f32.get(&id) {
+                    return f;
                 }
-                let o = value(&mut out, format!("{}(u8)", g.values[y.0].name), DType::U8);
-                let op = Op::QConv2d {
-                    params: *params,
-                    input: (qx.scale, qx.zero_point),
-                    output: (qy.scale, qy.zero_point),
-                    residual: rq,
-                    relu,
+                let name = format!("{}.dequant", self.name(v));
+                let o = self.value(name.clone(), DType::F32);
+                let op = QOp::Dequantize {
+                    q: qp(q),
+                    nhwc: l == Layout::Nhwc,
                 };
-                push(&mut out, node.name.clone(), op, ins, o);
-                repr.insert(y, Repr::U8(o, qy));
-                report.int8.push(node.name.clone());
+                self.out.push_node(name, Op::Q(op), vec![id], vec![o]);
+                self.to_f32.insert(id, o);
+                o
+            }
+        }
+    }
+
+    /// The value as u8 in `layout`, quantizing (once) where needed.
+    fn u8_view(&mut self, v: ValueId, layout: Layout) -> Option<(ValueId, QuantParams)> {
+        let q = match self.get(v) {
+            Repr::U8(id, q, l) if l == layout => return Some((id, q)),
+            Repr::U8(_, q, _) => q,
+            Repr::F32(_) => self.observed(v)?,
+        };
+        let f = self.f32_view(v);
+        if let Some(&id) = self.to_u8.get(&(f, layout)) {
+            return Some((id, q));
+        }
+        let name = format!("{}.quant", self.name(v));
+        let o = self.value(name.clone(), DType::U8);
+        let op = QOp::Quantize {
+            q: qp(q),
+            nhwc: layout == Layout::Nhwc,
+        };
+        self.out.push_node(name, Op::Q(op), vec![f], vec![o]);
+        self.to_u8.insert((f, layout), o);
+        Some((o, q))
+    }
+
+    fn emit(&mut self, node: &Node, op: QOp, ins: Vec<ValueId>, outs: &[(QuantParams, Layout)]) {
+        let ids: Vec<ValueId> = node
+            .outputs
+            .iter()
+            .map(|&y| self.value(format!("{}(u8)", self.name(y)), DType::U8))
+            .collect();
+        self.out
+            .push_node(node.name.clone(), Op::Q(op), ins, ids.clone());
+        for ((&y, id), &(q, l)) in node.outputs.iter().zip(ids).zip(outs) {
+            self.repr.insert(y, Repr::U8(id, q, l));
+            self.values.push(QuantizedValue {
+                name: self.name(y).to_string(),
+                u8_name: self.out.values[id.0].name.clone(),
+                node: node.name.clone(),
+                scale: q.scale,
+                zero_point: q.zero_point,
+                nhwc: l == Layout::Nhwc,
+            });
+        }
+    }
+
+    fn f32_tensor(&self, v: ValueId) -> Result<&[f32], QuantError> {
+        self.g
+            .tensor(v)
+            .map_err(shape_err)?
+            .as_f32()
+            .map_err(shape_err)
+    }
+
+    /// s8 weights, i32 bias (in `s_in * s_w`) and the weight scales as graph constants.
+    fn weights(
+        &mut self,
+        node: &Node,
+        channels: usize,
+        has_bias: bool,
+        s_in: f32,
+        qc: &QConfig,
+    ) -> Result<[ValueId; 3], QuantError> {
+        let wt = self.g.tensor(node.inputs[1]).map_err(shape_err)?;
+        let w = wt.as_f32().map_err(shape_err)?;
+        let (wq, sw) = if qc.weight_scheme.is_per_channel() {
+            quantize_weights_per_channel(w, channels)?
+        } else {
+            quantize_weights_per_tensor(w, channels)?
+        };
+        let b: Vec<f32> = if has_bias {
+            self.f32_tensor(node.inputs[2])?.to_vec()
+        } else {
+            vec![0.0; channels]
+        };
+        if b.len() != channels {
+            return Err(shape_err(format!(
+                "{}: bias has {} values for {channels} channels",
+                node.name,
+                b.len()
+            )));
+        }
+        let bq = quantize_bias(&b, s_in, &sw);
+        let shape = wt.shape().to_vec();
+        Ok([
+            self.constant(
+                format!("{}.weight(s8)", node.name),
+                Tensor::new(shape, Data::I8(wq)).map_err(shape_err)?,
+            ),
+            self.constant(
+                format!("{}.bias(i32)", node.name),
+                Tensor::new(vec![channels], Data::I32(bq)).map_err(shape_err)?,
+            ),
+            self.constant(
+                format!("{}.weight_scale", node.name),
+                Tensor::from_f32(vec![channels], sw).map_err(shape_err)?,
+            ),
+        ])
+    }
+
+    /// Emit `node` in int8 if it can be; `false` leaves it to the fp32 fallback.
+    fn try_int8(&mut self, node: &Node, qc: &QConfig) -> Result<bool, QuantError> {
+        use Layout::*;
+        let x = node.inputs[0];
+        let y = node.outputs[0];
+        let u8_in = self.u8_layout(x);
+        match &node.op {
+            Op::Conv2d {
+                params,
+                act,
+                residual,
+            } => {
+                let n_w = node.inputs.len() - usize::from(*residual);
+                let r = residual.then(|| node.inputs[n_w]);
+                let (Some(qx), Some(qy)) = (self.qparams(x), self.observed(y)) else {
+                    return Ok(false);
+                };
+                if let Some(r) = r {
+                    if self.qparams(r).is_none() || self.shape(r) != self.shape(y) {
+                        return Ok(false);
+                    }
+                }
+                let [w, b, s] = self.weights(node, params.out_channels, n_w == 3, qx.scale, qc)?;
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("qparams known");
+                let mut ins = vec![xin, w, b, s];
+                let mut rq = None;
+                if let Some(r) = r {
+                    let (rid, q) = self.u8_view(r, Nhwc).expect("qparams known");
+                    ins.push(rid);
+                    rq = Some(qp(q));
+                }
+                let op = QOp::Conv2d {
+                    params: *params,
+                    input: qp(qx),
+                    output: qp(qy),
+                    residual: rq,
+                    act: *act,
+                };
+                self.emit(node, op, ins, &[(qy, Nhwc)]);
+            }
+            Op::Linear { act } => {
+                let (Some(qx), Some(qy)) = (self.qparams(x), self.observed(y)) else {
+                    return Ok(false);
+                };
+                let out_f = self
+                    .g
+                    .tensor(node.inputs[1])
+                    .map_err(shape_err)?
+                    .shape()
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
+                let [w, b, s] = self.weights(node, out_f, node.inputs.len() == 3, qx.scale, qc)?;
+                let (xin, qx) = self.u8_view(x, Plain).expect("qparams known");
+                // a graph output nothing else reads is written in f32: no output rounding
+                let f32_out = self.g.outputs.contains(&y)
+                    && !self.g.nodes.iter().any(|n| n.inputs.contains(&y));
+                let op = QOp::Linear {
+                    input: qp(qx),
+                    output: qp(qy),
+                    act: *act,
+                    f32_out,
+                };
+                if f32_out {
+                    let o = self.value(format!("{}(f32)", self.name(y)), DType::F32);
+                    self.out
+                        .push_node(node.name.clone(), Op::Q(op), vec![xin, w, b, s], vec![o]);
+                    self.repr.insert(y, Repr::F32(o));
+                } else {
+                    self.emit(node, op, vec![xin, w, b, s], &[(qy, Plain)]);
+                }
+            }
+            Op::Act(a) => {
+                let (Some(l), Some(qx), Some(qy)) = (u8_in, self.qparams(x), self.observed(y))
+                else {
+                    return Ok(false);
+                };
+                let t = requant_table(
+                    Q::new(qx.scale, qx.zero_point),
+                    Q::new(qy.scale, qy.zero_point),
+                    Some(*a),
+                );
+                let (xin, _) = self.u8_view(x, l).expect("u8");
+                self.emit(node, QOp::Lut { table: t.to_vec() }, vec![xin], &[(qy, l)]);
+            }
+            Op::MaxPool2d(p) if u8_in == Some(Nhwc) => {
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                self.emit(node, QOp::MaxPool2d(*p), vec![xin], &[(qx, Nhwc)]);
+            }
+            Op::AvgPool2d {
+                pool,
+                count_include_pad,
+            } if u8_in == Some(Nhwc) => {
+                let Some(qy) = self.observed(y) else {
+                    return Ok(false);
+                };
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                let op = QOp::AvgPool2d {
+                    pool: *pool,
+                    count_include_pad: *count_include_pad,
+                    input: qp(qx),
+                    output: qp(qy),
+                };
+                self.emit(node, op, vec![xin], &[(qy, Nhwc)]);
+            }
+            Op::AdaptiveAvgPool2d { output } if u8_in == Some(Nhwc) => {
+                let Some(qy) = self.observed(y) else {
+                    return Ok(false);
+                };
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                let op = QOp::AdaptiveAvgPool2d {
+                    size: *output,
+                    input: qp(qx),
+                    output: qp(qy),
+                };
+                self.emit(node, op, vec![xin], &[(qy, Nhwc)]);
+            }
+            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Mul)) => {
+                let (mut a, mut b) = (node.inputs[0], node.inputs[1]);
+                if !self.is_activation(a) || !self.is_activation(b) {
+                    return Ok(false);
+                }
+                if u8_in.is_none() && self.u8_layout(b).is_none() {
+                    return Ok(false);
+                }
+                let (Some(sa), Some(sb), Some(qy)) =
+                    (self.shape(a), self.shape(b), self.observed(y))
+                else {
+                    return Ok(false);
+                };
+                let (sa, sb) = (sa.to_vec(), sb.to_vec());
+                let per_channel = |big: &[usize], small: &[usize]| {
+                    big.len() == 4 && small == [big[0], big[1], 1, 1]
+                };
+                if sa != sb {
+                    if *op != BinaryOp::Mul {
+                        return Ok(false);
+                    }
+                    if per_channel(&sb, &sa) {
+                        std::mem::swap(&mut a, &mut b);
+                    } else if !per_channel(&sa, &sb) {
+                        return Ok(false);
+                    }
+                }
+                if self.qparams(a).is_none() || self.qparams(b).is_none() {
+                    return Ok(false);
+                }
+                let layout = if sa.len() == 4 {
+                    Nhwc
+                } else {
+                    self.u8_layout(a).or(self.u8_layout(b)).unwrap_or(Plain)
+                };
+                let (ia, qa) = self.u8_view(a, layout).expect("qparams known");
+                let (ib, qb) = self.u8_view(b, layout).expect("qparams known");
+                let op = if *op == BinaryOp::Add {
+                    QOp::Add {
+                        a: qp(qa),
+                        b: qp(qb),
+                        output: qp(qy),
+                        relu: false,
+                    }
+                } else {
+                    QOp::Mul {
+                        a: qp(qa),
+                        b: qp(qb),
+                        output: qp(qy),
+                    }
+                };
+                self.emit(node, op, vec![ia, ib], &[(qy, layout)]);
+            }
+            Op::Concat { axis: 1 } => {
+                let ins = &node.inputs;
+                if !ins.iter().any(|&v| self.u8_layout(v).is_some())
+                    || ins.iter().any(|&v| {
+                        self.qparams(v).is_none() || self.shape(v).is_none_or(|s| s.len() != 4)
+                    })
+                {
+                    return Ok(false);
+                }
+                let Some(qy) = self.observed(y) else {
+                    return Ok(false);
+                };
+                let (ids, qs): (Vec<ValueId>, Vec<(f32, i32)>) = ins
+                    .iter()
+                    .map(|&v| {
+                        let (id, q) = self.u8_view(v, Nhwc).expect("qparams known");
+                        (id, qp(q))
+                    })
+                    .unzip();
+                let op = QOp::Concat {
+                    inputs: qs,
+                    output: qp(qy),
+                };
+                self.emit(node, op, ids, &[(qy, Nhwc)]);
+            }
+            Op::Split { axis: 1, sizes } if u8_in == Some(Nhwc) => {
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                let outs = vec![(qx, Nhwc); node.outputs.len()];
+                self.emit(
+                    node,
+                    QOp::Split {
+                        sizes: sizes.clone(),
+                    },
+                    vec![xin],
+                    &outs,
+                );
+            }
+            Op::ChannelShuffle { groups } if u8_in == Some(Nhwc) => {
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                self.emit(
+                    node,
+                    QOp::ChannelShuffle { groups: *groups },
+                    vec![xin],
+                    &[(qx, Nhwc)],
+                );
+            }
+            Op::Flatten { start: 1 } if u8_in == Some(Nhwc) => {
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                self.emit(node, QOp::Flatten, vec![xin], &[(qx, Plain)]);
+            }
+            Op::Permute { perm } if perm == &[0, 2, 3, 1] && u8_in == Some(Nhwc) => {
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                self.emit(
+                    node,
+                    QOp::Relayout { to_nhwc: false },
+                    vec![xin],
+                    &[(qx, Plain)],
+                );
+            }
+            Op::Permute { perm }
+                if perm == &[0, 3, 1, 2]
+                    && u8_in == Some(Plain)
+                    && self.shape(x).is_some_and(|s| s.len() == 4) =>
+            {
+                let (xin, qx) = self.u8_view(x, Plain).expect("u8");
+                self.emit(
+                    node,
+                    QOp::Relayout { to_nhwc: true },
+                    vec![xin],
+                    &[(qx, Nhwc)],
+                );
+            }
+            Op::LayerNorm { eps } if u8_in == Some(Plain) => {
+                let Some(qy) = self.observed(y) else {
+                    return Ok(false);
+                };
+                let (xin, qx) = self.u8_view(x, Plain).expect("u8");
+                let op = QOp::LayerNorm {
+                    eps: *eps,
+                    input: qp(qx),
+                    output: qp(qy),
+                };
+                let ins = vec![xin, node.inputs[1], node.inputs[2]];
+                self.emit(node, op, ins, &[(qy, Plain)]);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Convert a calibrated graph: activation qparams and shapes come from the calibrator, weights
+/// follow each node's qconfig in `mapping` (a node mapped to `None` stays fp32).
+pub fn convert(
+    g: &Graph,
+    cal: &Calibrator,
+    mapping: &QConfigMapping,
+) -> Result<(Graph, ConvertReport), QuantError> {
+    convert_with(g, &cal.qparams(), cal.shapes(), mapping)
+}
+
+/// [`convert`] from explicit activation qparams and shapes, keyed by value name.
+pub fn convert_with(
+    g: &Graph,
+    act: &BTreeMap<String, QuantParams>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    mapping: &QConfigMapping,
+) -> Result<(Graph, ConvertReport), QuantError> {
+    let mut cx = Ctx {
+        g,
+        act,
+        shapes,
+        out: Graph {
+            name: g.name.clone(),
+            values: g.values.clone(),
+            nodes: Vec::with_capacity(g.nodes.len()),
+            inputs: g.inputs.clone(),
+            outputs: vec![],
+            tensors: g.tensors.clone(),
+        },
+        repr: HashMap::new(),
+        to_u8: HashMap::new(),
+        to_f32: HashMap::new(),
+        values: vec![],
+    };
+    let mut report = ConvertReport::default();
+    for node in &g.nodes {
+        let kind = node.op.kind().to_string();
+        if let Some(qc) = mapping.qconfig_for(&node.name, &kind) {
+            if cx.try_int8(node, &qc)? {
+                report.int8.push((node.name.clone(), kind));
                 continue;
             }
         }
-        let ins: Vec<ValueId> = node
-            .inputs
-            .iter()
-            .map(|&v| f32_view(&mut out, &repr, &mut to_f32, v))
-            .collect();
-        out.push_node(
+        let ins: Vec<ValueId> = node.inputs.iter().map(|&v| cx.f32_view(v)).collect();
+        cx.out.push_node(
             node.name.clone(),
             node.op.clone(),
             ins,
             node.outputs.clone(),
         );
-        report
-            .fp32
-            .push((node.name.clone(), node.op.kind().to_string()));
+        report.fp32.push((node.name.clone(), kind));
     }
-    out.outputs = g
-        .outputs
-        .iter()
-        .map(|&o| f32_view(&mut out, &repr, &mut to_f32, o))
-        .collect();
+    let outs: Vec<ValueId> = g.outputs.iter().map(|&o| cx.f32_view(o)).collect();
+    report.values = std::mem::take(&mut cx.values);
+    let mut out = cx.out;
+    out.outputs = outs;
     out.retain_used_tensors();
     Ok((out, report))
 }

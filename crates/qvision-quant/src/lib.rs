@@ -12,12 +12,13 @@ pub mod observer;
 pub mod qconfig;
 pub mod qparams;
 pub mod quantize;
+pub mod report;
 
 pub use observer::{
     EntropyObserver, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer,
     PerChannelMinMaxObserver, PercentileObserver,
 };
-pub use qconfig::{Backend, QConfig, QDType, QScheme};
+pub use qconfig::{Backend, QConfig, QConfigMapping, QDType, QScheme};
 pub use qparams::{calculate_qparams, QuantParams};
 
 /// PyTorch's `fuse` + `prepare`: fold BatchNorm, fuse activations and residual adds, so that
@@ -33,13 +34,14 @@ pub fn quantize_ptq(
     graph: &qvision_graph::Graph,
     batches: impl IntoIterator<Item = qvision_tensor::Tensor>,
     observer: calibrate::ObserverKind,
-    qconfig: QConfig,
+    qconfig: impl Into<QConfigMapping>,
     threads: Option<usize>,
 ) -> Result<(qvision_graph::Graph, convert::ConvertReport), QuantError> {
+    let mapping = qconfig.into();
     let prepared = prepare(graph)?;
-    let mut cal = calibrate::Calibrator::new(observer, qconfig);
+    let mut cal = calibrate::Calibrator::new(observer, mapping.global);
     calibrate::calibrate(&prepared, batches, threads, &mut cal)?;
-    convert::convert(&prepared, &cal.qparams(), &qconfig)
+    convert::convert(&prepared, &cal, &mapping)
 }
 
 /// Signal-to-quantization-noise ratio in dB of `test` against `reference`.

@@ -89,3 +89,92 @@ impl QConfig {
         }
     }
 }
+
+/// Per-node qconfig choices (PyTorch's `QConfigMapping`): a global qconfig, then overrides by
+/// op type (`set_object_type`) and by node name (`set_module_name`, `*` wildcards allowed). An
+/// override of `None` keeps the node in fp32. Later rules win; names win over op types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConfigMapping {
+    pub global: QConfig,
+    pub object_types: Vec<(String, Option<QConfig>)>,
+    pub module_names: Vec<(String, Option<QConfig>)>,
+}
+
+impl QConfigMapping {
+    pub fn new(global: QConfig) -> Self {
+        QConfigMapping {
+            global,
+            object_types: vec![],
+            module_names: vec![],
+        }
+    }
+
+    /// Override every node of an op type (`Conv2d`, `Linear`, `Add`, `Hardswish`, ...).
+    pub fn set_object_type(mut self, kind: &str, q: Option<QConfig>) -> Self {
+        self.object_types.push((kind.to_string(), q));
+        self
+    }
+
+    /// Override nodes whose name matches `pattern` (`*` matches any run of characters).
+    pub fn set_module_name(mut self, pattern: &str, q: Option<QConfig>) -> Self {
+        self.module_names.push((pattern.to_string(), q));
+        self
+    }
+
+    /// The qconfig for a node, or `None` to keep it in fp32.
+    pub fn qconfig_for(&self, name: &str, kind: &str) -> Option<QConfig> {
+        if let Some((_, q)) = self.module_names.iter().rev().find(|(p, _)| glob(p, name)) {
+            return *q;
+        }
+        if let Some((_, q)) = self.object_types.iter().rev().find(|(k, _)| k == kind) {
+            return *q;
+        }
+        Some(self.global)
+    }
+}
+
+impl From<QConfig> for QConfigMapping {
+    fn from(q: QConfig) -> Self {
+        QConfigMapping::new(q)
+    }
+}
+
+/// `*`-wildcard match of a whole name.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::*;
+
+    #[test]
+    fn names_win_over_types_and_later_rules_win() {
+        let x86 = QConfig::default_for(Backend::X86);
+        let arm = QConfig::default_for(Backend::Arm);
+        let m = QConfigMapping::new(x86)
+            .set_object_type("Linear", None)
+            .set_module_name("features.*.conv", Some(arm))
+            .set_module_name("features.1*", None);
+        assert_eq!(m.qconfig_for("classifier.1", "Linear"), None);
+        assert_eq!(m.qconfig_for("features.3.conv", "Conv2d"), Some(arm));
+        assert_eq!(m.qconfig_for("features.12.conv", "Conv2d"), None);
+        assert_eq!(m.qconfig_for("features.3.other", "Conv2d"), Some(x86));
+        assert!(glob("*", "anything") && glob("a*b*c", "aXbYc") && !glob("a*b", "ab.c"));
+    }
+}

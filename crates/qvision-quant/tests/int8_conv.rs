@@ -1,9 +1,10 @@
-//! The int8 convolution (qvision-kernels' PreparedQConv) against a fake-quantized fp32
+//! The int8 NHWC convolution (qvision-kernels' qnhwc::PreparedQConv) against a fake-quantized fp32
 //! reference: same quantized inputs, weights and bias, fp32 conv, then output quantization.
 
 use qvision_kernels::conv::Conv2dParams;
-use qvision_kernels::qconv::{PreparedQConv, QConvOutput};
+use qvision_kernels::qnhwc::{PreparedQConv, QConvOutput};
 use qvision_kernels::reference;
+use qvision_kernels::Activation;
 use qvision_quant::quantize::{
     dequantize_u8, quantize_bias, quantize_u8, quantize_weights_per_channel,
 };
@@ -46,11 +47,27 @@ fn case(p: Conv2dParams, n: usize, h: usize, w: usize, relu: bool, seed: u64) {
         za: qx.zero_point as u8,
         multiplier: sw.iter().map(|s| qx.scale * s / qy.scale).collect(),
         zo: qy.zero_point as u8,
-        relu,
+        out_scale: qy.scale,
+        act: relu.then_some(Activation::Relu),
     };
     let conv = PreparedQConv::new(p, &wq, Some(&bq), out).unwrap();
-    let (got, goh, gow) = conv.run(&xq, n, h, w).unwrap();
+    // the kernel is NHWC
+    let nhwc = |x: &[u8], c: usize, hw: usize| {
+        let mut y = x.to_vec();
+        for b in 0..n {
+            for ch in 0..c {
+                for px in 0..hw {
+                    y[(b * hw + px) * c + ch] = x[(b * c + ch) * hw + px];
+                }
+            }
+        }
+        y
+    };
+    let (got, goh, gow) = conv
+        .run(&nhwc(&xq, p.in_channels, h * w), n, h, w, None)
+        .unwrap();
     assert_eq!((goh, gow), (oh, ow));
+    let want = nhwc(&want, p.out_channels, oh * ow);
     let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
     let worst = got
         .iter()

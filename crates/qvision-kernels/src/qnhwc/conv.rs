@@ -1,0 +1,550 @@
+//! [`PreparedQConv`]: a quantized convolution (or linear layer) over NHWC u8 activations.
+
+use super::{
+    float_isa, requant_row_body, run_tile, Epilogue, Fused, OutPtr, PackedQB, RowPtr, MR, NBLK,
+};
+use crate::conv::Conv2dParams;
+use crate::isa::{self, Int8Isa};
+use crate::{shape_err, Activation, KernelError};
+use rayon::prelude::*;
+
+/// Output quantization of a [`PreparedQConv`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConvOutput {
+    /// Input zero point.
+    pub za: u8,
+    /// Per output channel `s_in * s_w[c] / s_out`.
+    pub multiplier: Vec<f32>,
+    /// Output zero point and scale.
+    pub zo: u8,
+    pub out_scale: f32,
+    /// Fused activation: ReLU / ReLU6 become the clamp, others run in real units.
+    pub act: Option<Activation>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// One packed GEMM per super-group of `per` groups.
+    Gemm { per: usize, packed: Vec<PackedQB> },
+    /// Direct depthwise: weights widened to i32, `[tap][channel]`, and `bias - za * sum(w)`
+    /// for the SIMD path (whose padding taps read the zero point).
+    Depthwise { w: Vec<i32>, shift_zp: Vec<i32> },
+}
+
+/// A quantized convolution with weights packed once.
+#[derive(Debug)]
+pub struct PreparedQConv {
+    params: Conv2dParams,
+    mode: Mode,
+    /// Per output channel: `bias - za * colsum` (GEMM) or `bias` (depthwise).
+    shift: Vec<i32>,
+    out: QConvOutput,
+}
+
+crate::isa::multiversion!(fn requant_row(acc: &[i32], e: &Epilogue<'_>, tmp: &mut [f32], out: &mut [u8]) => requant_row_body);
+
+impl PreparedQConv {
+    /// `weight` is PyTorch's `out x in/groups x kh x kw` s8 layout; `bias` is in the
+    /// accumulator's scale (`s_in * s_w`).
+    pub fn new(
+        params: Conv2dParams,
+        weight: &[i8],
+        bias: Option<&[i32]>,
+        out: QConvOutput,
+    ) -> Result<Self, KernelError> {
+        params.validate()?;
+        let p = &params;
+        if weight.len() != p.weight_len() {
+            return Err(shape_err(
+                "qconv2d",
+                format!(
+                    "weight has {} values, want {}",
+                    weight.len(),
+                    p.weight_len()
+                ),
+            ));
+        }
+        if out.multiplier.len() != p.out_channels || bias.is_some_and(|b| b.len() != p.out_channels)
+        {
+            return Err(shape_err(
+                "qconv2d",
+                "bias or multipliers do not match the output channels",
+            ));
+        }
+        if !(out.out_scale > 0.0 && out.out_scale.is_finite()) {
+            return Err(shape_err("qconv2d", "output scale must be positive"));
+        }
+        let taps = p.kernel[0] * p.kernel[1];
+        let (cin_g, cout_g) = (p.in_channels / p.groups, p.out_channels / p.groups);
+        let bias = |c: usize| bias.map_or(0, |b| b[c]);
+        if p.groups > 1 && cin_g == 1 && cout_g == 1 {
+            let c = p.in_channels;
+            let mut w = vec![0i32; taps * c];
+            for ch in 0..c {
+                for t in 0..taps {
+                    w[t * c + ch] = weight[ch * taps + t] as i32;
+                }
+            }
+            let shift_zp = (0..c)
+                .map(|ch| bias(ch) - out.za as i32 * (0..taps).map(|t| w[t * c + ch]).sum::<i32>())
+                .collect();
+            return Ok(PreparedQConv {
+                params,
+                mode: Mode::Depthwise { w, shift_zp },
+                shift: (0..c).map(bias).collect(),
+                out,
+            });
+        }
+        let per = (1..=p.groups)
+            .find(|&d| p.groups.is_multiple_of(d) && d * cout_g >= 16)
+            .unwrap_or(p.groups);
+        let packed: Vec<PackedQB> = (0..p.groups / per)
+            .map(|sg| {
+                PackedQB::new(per * cout_g, taps, per * cin_g, |col, t, ci| {
+                    if col / cout_g != ci / cin_g {
+                        return 0;
+                    }
+                    let co = (sg * per + col / cout_g) * cout_g + col % cout_g;
+                    weight[(co * cin_g + ci % cin_g) * taps + t]
+                })
+            })
+            .collect();
+        let za = out.za as i32;
+        let shift = packed
+            .iter()
+            .flat_map(|pb| pb.col_sums.iter())
+            .enumerate()
+            .map(|(c, &s)| bias(c) - za * s)
+            .collect();
+        Ok(PreparedQConv {
+            params,
+            mode: Mode::Gemm { per, packed },
+            shift,
+            out,
+        })
+    }
+
+    pub fn params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// Run on `n x h x w x c` u8 input; returns the NHWC u8 output and its spatial size. A
+    /// residual (laid out like the output) is `(data, zero point, s_residual / s_out)`.
+    pub fn run(
+        &self,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[u8], i32, f32)>,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        self.run_isa(isa::current_int8(), x, n, h, w, residual)
+    }
+
+    /// [`PreparedQConv::run`] on a given ISA (tests).
+    pub fn run_isa(
+        &self,
+        isa: Int8Isa,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[u8], i32, f32)>,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        let p = &self.params;
+        if x.len() != n * h * w * p.in_channels {
+            return Err(shape_err(
+                "qconv2d",
+                format!(
+                    "input has {} values, want {n}x{h}x{w}x{}",
+                    x.len(),
+                    p.in_channels
+                ),
+            ));
+        }
+        let (oh, ow) = p.output_size(h, w)?;
+        let mut y = vec![0u8; n * oh * ow * p.out_channels];
+        if residual.is_some_and(|r| r.0.len() != y.len()) {
+            return Err(shape_err("qconv2d", "residual does not match the output"));
+        }
+        if y.is_empty() {
+            return Ok((y, oh, ow));
+        }
+        let g = Geom {
+            n,
+            h,
+            w,
+            oh,
+            ow,
+            cin: p.in_channels,
+            cout: p.out_channels,
+        };
+        match &self.mode {
+            #[cfg(target_arch = "x86_64")]
+            Mode::Depthwise { w: wt, shift_zp } if isa == Int8Isa::Avx512Vnni => {
+                self.depthwise_avx512(x, &g, wt, shift_zp, residual, &mut y)
+            }
+            Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
+            Mode::Gemm { per, packed } => self.gemm(isa, x, &g, *per, packed, residual, &mut y),
+        }
+        Ok((y, oh, ow))
+    }
+
+    /// A 1x1 conv over `rows` pixels (a linear layer) with real-valued f32 output:
+    /// `(acc - za*colsum + bias) * s_in*s_w`, then the activation. For a model's last layer,
+    /// whose output needs no requantization.
+    pub fn run_rows_f32(&self, x: &[u8], rows: usize) -> Result<Vec<f32>, KernelError> {
+        let p = &self.params;
+        let Mode::Gemm { per: 1, packed } = &self.mode else {
+            return Err(shape_err("qlinear", "f32 output needs a dense 1x1 layer"));
+        };
+        if p.kernel != [1, 1] || p.groups != 1 || x.len() != rows * p.in_channels {
+            return Err(shape_err(
+                "qlinear",
+                format!(
+                    "input has {} values, want {rows}x{}",
+                    x.len(),
+                    p.in_channels
+                ),
+            ));
+        }
+        let isa = isa::current_int8();
+        let pb = &packed[0];
+        let mut y = vec![0f32; rows * p.out_channels];
+        let mut acc = [0i32; MR * NBLK];
+        let mut ptrs = vec![RowPtr(x.as_ptr()); MR];
+        for p0 in (0..rows).step_by(MR) {
+            for (i, r) in ptrs.iter_mut().enumerate() {
+                let at = (p0 + i).min(rows - 1) * p.in_channels;
+                *r = RowPtr(x[at..at + p.in_channels].as_ptr());
+            }
+            for &(col0, nb, off) in &pb.blocks {
+                let width = (pb.n - col0).min(NBLK);
+                run_tile(
+                    isa,
+                    &ptrs,
+                    1,
+                    p.in_channels,
+                    &pb.data[off..],
+                    nb,
+                    &mut acc,
+                    None,
+                );
+                for i in 0..MR.min(rows - p0) {
+                    let dst = &mut y[(p0 + i) * p.out_channels + col0..][..width];
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        let c = col0 + j;
+                        *d = (acc[i * NBLK + j] + self.shift[c]) as f32
+                            * (self.out.multiplier[c] * self.out.out_scale);
+                    }
+                    if let Some(a) = self.out.act {
+                        a.apply(dst);
+                    }
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    fn epilogue<'a>(&'a self, c0: usize, residual: Option<(&'a [u8], i32, f32)>) -> Epilogue<'a> {
+        Epilogue {
+            shift: &self.shift[c0..],
+            mult: &self.out.multiplier[c0..],
+            residual,
+            act: self.out.act,
+            out_scale: self.out.out_scale,
+            zo: self.out.zo as i32,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        isa: Int8Isa,
+        x: &[u8],
+        g: &Geom,
+        per: usize,
+        packed: &[PackedQB],
+        residual: Option<(&[u8], i32, f32)>,
+        y: &mut [u8],
+    ) {
+        let p = &self.params;
+        let (cin_sg, cout_sg) = (
+            per * p.in_channels / p.groups,
+            per * p.out_channels / p.groups,
+        );
+        let taps = p.kernel[0] * p.kernel[1];
+        let m = g.n * g.oh * g.ow;
+        let tiles = m.div_ceil(MR);
+        let zbuf = vec![self.out.za; cin_sg.max(4)];
+        let units: Vec<(usize, usize)> = packed
+            .iter()
+            .enumerate()
+            .flat_map(|(s, pb)| (0..pb.blocks.len()).map(move |b| (s, b)))
+            .collect();
+        let threads = rayon::current_num_threads().max(1);
+        let chunks = (8 * threads).div_ceil(units.len()).min(tiles).max(1);
+        let per_chunk = tiles.div_ceil(chunks);
+        let items: Vec<(usize, usize, usize)> = units
+            .iter()
+            .flat_map(|&(s, b)| (0..tiles.div_ceil(per_chunk)).map(move |c| (s, b, c)))
+            .collect();
+        let out = OutPtr(y.as_mut_ptr());
+        let fisa = float_isa(isa);
+        let clamp_only = self
+            .out
+            .act
+            .is_none_or(|a| matches!(a, Activation::Relu | Activation::Relu6));
+        let e0 = self.epilogue(0, None);
+        items.par_iter().for_each(|&(s, b, c)| {
+            let pb = &packed[s];
+            let (col0, nb, off) = pb.blocks[b];
+            let width = (pb.n - col0).min(NBLK);
+            let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
+            let mut acc = [0i32; MR * NBLK];
+            let mut tmp = [0f32; NBLK];
+            for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
+                let p0 = tile * MR;
+                for i in 0..MR {
+                    let px = (p0 + i).min(m - 1);
+                    let (bi, rem) = (px / (g.oh * g.ow), px % (g.oh * g.ow));
+                    let (oy, ox) = (rem / g.ow, rem % g.ow);
+                    for ky in 0..p.kernel[0] {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        for kx in 0..p.kernel[1] {
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
+                            let t = ky * p.kernel[1] + kx;
+                            rows[t * MR + i] =
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                                {
+                                    let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * g.cin
+                                        + s * cin_sg;
+                                    RowPtr(x[at..at + cin_sg].as_ptr())
+                                } else {
+                                    RowPtr(zbuf.as_ptr())
+                                };
+                        }
+                    }
+                }
+                let c0 = s * cout_sg + col0;
+                let valid = MR.min(m - p0);
+                let fused = clamp_only.then(|| {
+                    let mut o = [std::ptr::null_mut(); MR];
+                    let mut r = [std::ptr::null(); MR];
+                    for i in 0..valid {
+                        let at = (p0 + i) * g.cout + c0;
+                        // SAFETY: in bounds of the output (and residual, same layout).
+                        o[i] = unsafe { out.get().add(at) };
+                        if let Some((rd, _, _)) = residual {
+                            r[i] = rd[at..].as_ptr();
+                        }
+                    }
+                    let (lo, hi) = e0.bounds();
+                    Fused {
+                        out: o,
+                        residual: residual.map(|(_, z, m)| (r, z, m)),
+                        rows: valid,
+                        width,
+                        shift: self.shift[c0..].as_ptr(),
+                        mult: self.out.multiplier[c0..].as_ptr(),
+                        lo,
+                        hi,
+                        zo: e0.zo,
+                    }
+                });
+                if run_tile(
+                    isa,
+                    &rows,
+                    taps,
+                    cin_sg,
+                    &pb.data[off..],
+                    nb,
+                    &mut acc,
+                    fused.as_ref(),
+                ) {
+                    continue;
+                }
+                for i in 0..valid {
+                    let at = (p0 + i) * g.cout + c0;
+                    let e = self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)));
+                    // SAFETY: row p0+i, columns c0..c0+width of the output belong to this
+                    // item alone (items partition tiles x super-groups x blocks).
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
+                    requant_row(fisa, &acc[i * NBLK..], &e, &mut tmp[..width], o);
+                }
+            }
+        });
+    }
+
+    /// Depthwise on AVX-512: one call per output pixel over all channels.
+    #[cfg(target_arch = "x86_64")]
+    fn depthwise_avx512(
+        &self,
+        x: &[u8],
+        g: &Geom,
+        wt: &[i32],
+        shift_zp: &[i32],
+        residual: Option<(&[u8], i32, f32)>,
+        y: &mut [u8],
+    ) {
+        use super::x86_64::{dw_pixel, DwPixel};
+        let p = &self.params;
+        let c = g.cout;
+        let zbuf = vec![self.out.za; c];
+        let clamp_only = self
+            .out
+            .act
+            .is_none_or(|a| matches!(a, Activation::Relu | Activation::Relu6));
+        let e0 = self.epilogue(0, None);
+        let (lo, hi) = e0.bounds();
+        let row = g.ow * c;
+        y.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+            let (bi, oy) = (r / g.oh, r % g.oh);
+            let mut taps = vec![zbuf.as_ptr(); p.kernel[0] * p.kernel[1]];
+            let mut acc = vec![0i32; if clamp_only { 0 } else { c }];
+            let mut tmp = vec![0f32; if clamp_only { 0 } else { c }];
+            let zero = vec![0i32; if clamp_only { 0 } else { c }];
+            for ox in 0..g.ow {
+                for ky in 0..p.kernel[0] {
+                    let iy =
+                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                    for kx in 0..p.kernel[1] {
+                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                            - p.padding[1] as isize;
+                        taps[ky * p.kernel[1] + kx] =
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * c;
+                                x[at..at + c].as_ptr()
+                            } else {
+                                zbuf.as_ptr()
+                            };
+                    }
+                }
+                let at = ox * c;
+                let res = residual.map(|(d, z, m)| (&d[r * row + at..r * row + at + c], z, m));
+                let px = DwPixel {
+                    taps: &taps,
+                    c,
+                    w: wt,
+                    shift: shift_zp,
+                    mult: &self.out.multiplier,
+                    lo,
+                    hi,
+                    zo: e0.zo,
+                    residual: res.map(|(d, z, m)| (d.as_ptr(), z, m)),
+                    out: out[at..at + c].as_mut_ptr(),
+                };
+                if clamp_only {
+                    // SAFETY: `isa` is AVX-512 VNNI (with F/BW/VL); every tap points at `c`
+                    // bytes (an input pixel or the zero-point buffer), the weights hold
+                    // taps x c values, and the output / residual slices hold `c` bytes.
+                    unsafe { dw_pixel(&px, None) };
+                } else {
+                    // SAFETY: as above; the sums land in `acc` (`c` values).
+                    unsafe { dw_pixel(&px, Some(&mut acc)) };
+                    // the shift is already in `acc`
+                    let e = Epilogue {
+                        shift: &zero,
+                        ..self.epilogue(0, res)
+                    };
+                    requant_row_body(&acc, &e, &mut tmp, &mut out[at..at + c]);
+                }
+            }
+        });
+    }
+
+    fn depthwise(
+        &self,
+        isa: Int8Isa,
+        x: &[u8],
+        g: &Geom,
+        wt: &[i32],
+        residual: Option<(&[u8], i32, f32)>,
+        y: &mut [u8],
+    ) {
+        let row = g.ow * g.cout;
+        let fisa = float_isa(isa);
+        y.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+            let (bi, oy) = (r / g.oh, r % g.oh);
+            let a = DwRow {
+                conv: self,
+                x,
+                g,
+                wt,
+                bi,
+                oy,
+                residual: residual.map(|(d, z, m)| (&d[r * row..(r + 1) * row], z, m)),
+            };
+            dw_row(fisa, &a, out);
+        });
+    }
+}
+
+/// Spatial geometry of one run.
+struct Geom {
+    n: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    cin: usize,
+    cout: usize,
+}
+
+struct DwRow<'a> {
+    conv: &'a PreparedQConv,
+    x: &'a [u8],
+    g: &'a Geom,
+    wt: &'a [i32],
+    bi: usize,
+    oy: usize,
+    residual: Option<(&'a [u8], i32, f32)>,
+}
+
+/// One output row of a depthwise conv: channel vectors of 64, taps outside the input skipped
+/// (`x - za` is zero there).
+#[inline(always)]
+fn dw_row_body(a: &DwRow<'_>, out: &mut [u8]) {
+    let p = &a.conv.params;
+    let g = a.g;
+    let c = g.cout;
+    let za = a.conv.out.za as i32;
+    let mut acc = [0i32; NBLK];
+    let mut tmp = [0f32; NBLK];
+    for ox in 0..g.ow {
+        for c0 in (0..c).step_by(NBLK) {
+            let len = (c - c0).min(NBLK);
+            let acc = &mut acc[..len];
+            acc.fill(0);
+            for ky in 0..p.kernel[0] {
+                let iy = (a.oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                if iy < 0 || iy as usize >= g.h {
+                    continue;
+                }
+                for kx in 0..p.kernel[1] {
+                    let ix =
+                        (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                    if ix < 0 || ix as usize >= g.w {
+                        continue;
+                    }
+                    let at = ((a.bi * g.h + iy as usize) * g.w + ix as usize) * c + c0;
+                    let xs = &a.x[at..at + len];
+                    let t = ky * p.kernel[1] + kx;
+                    let ws = &a.wt[t * c + c0..t * c + c0 + len];
+                    for j in 0..len {
+                        acc[j] += (xs[j] as i32 - za) * ws[j];
+                    }
+                }
+            }
+            let at = ox * c + c0;
+            let e = a
+                .conv
+                .epilogue(c0, a.residual.map(|(r, z, m)| (&r[at..], z, m)));
+            requant_row_body(acc, &e, &mut tmp[..len], &mut out[at..at + len]);
+        }
+    }
+}
+
+crate::isa::multiversion!(fn dw_row(a: &DwRow<'_>, out: &mut [u8]) => dw_row_body);

@@ -1,0 +1,212 @@
+use super::*;
+use crate::conv::Conv2dParams;
+use crate::isa;
+use proptest::prelude::*;
+
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    crate::reference::pseudo_random(len, seed)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.9) as u8)
+        .collect()
+}
+
+/// Plain NHWC quantized convolution: exact i32 sums of `(x - za) * w`, then the epilogue
+/// written out once more, element by element.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    p: &Conv2dParams,
+    x: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    wt: &[i8],
+    bias: &[i32],
+    o: &QConvOutput,
+    residual: Option<(&[u8], i32, f32)>,
+) -> Vec<u8> {
+    let (oh, ow) = p.output_size(h, w).unwrap();
+    let (cin_g, cout_g) = (p.in_channels / p.groups, p.out_channels / p.groups);
+    let mut y = vec![0u8; n * oh * ow * p.out_channels];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..p.out_channels {
+                    let g = co / cout_g;
+                    let mut acc = 0i32;
+                    for ci in 0..cin_g {
+                        for ky in 0..p.kernel[0] {
+                            for kx in 0..p.kernel[1] {
+                                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                    - p.padding[0] as isize;
+                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                    - p.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let xv = x[((b * h + iy as usize) * w + ix as usize)
+                                    * p.in_channels
+                                    + g * cin_g
+                                    + ci] as i32;
+                                let wv = wt
+                                    [((co * cin_g + ci) * p.kernel[0] + ky) * p.kernel[1] + kx]
+                                    as i32;
+                                acc += (xv - o.za as i32) * wv;
+                            }
+                        }
+                    }
+                    let at = ((b * oh + oy) * ow + ox) * p.out_channels + co;
+                    let mut t = (acc + bias[co]) as f32 * o.multiplier[co];
+                    if let Some((r, zr, mr)) = residual {
+                        t += (r[at] as i32 - zr) as f32 * mr;
+                    }
+                    let (mut lo, mut hi) = (-(o.zo as f32), 255.0 - o.zo as f32);
+                    match o.act {
+                        Some(crate::Activation::Relu) => lo = lo.max(0.0),
+                        Some(crate::Activation::Relu6) => {
+                            lo = lo.max(0.0);
+                            hi = hi.min(6.0 / o.out_scale);
+                        }
+                        Some(a) => t = a.apply_scalar(t * o.out_scale) * (1.0 / o.out_scale),
+                        None => {}
+                    }
+                    y[at] = (t.max(lo).min(hi).round_ties_even() as i32 + o.zo as i32) as u8;
+                }
+            }
+        }
+    }
+    y
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    p: Conv2dParams,
+    n: usize,
+    h: usize,
+    w: usize,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..4,
+        prop_oneof![Just(1usize), Just(2), Just(3), Just(4), Just(8)],
+        1usize..24,
+        1usize..40,
+        prop_oneof![Just(1usize), Just(3), Just(5)],
+        1usize..3,
+        0usize..3,
+        1usize..3,
+        (1usize..3, 3usize..10, 3usize..10),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(mode, groups, cin_g, cout_g, k, s, pad, d, (n, h, w), asym)| {
+                // mode 1: dense, 2: grouped, 3: depthwise
+                let (groups, cin_g, cout_g) = match mode {
+                    1 => (1, cin_g, cout_g),
+                    2 => (groups, cin_g, cout_g.min(20)),
+                    _ => (groups * 5, 1, 1),
+                };
+                let kw = if asym { 1 } else { k };
+                Case {
+                    p: Conv2dParams {
+                        in_channels: groups * cin_g,
+                        out_channels: groups * cout_g,
+                        kernel: [k, kw],
+                        stride: [s, s],
+                        padding: [pad.min(k - 1), pad.min(kw - 1)],
+                        dilation: [d, d],
+                        groups,
+                    },
+                    n,
+                    h: h + d * k,
+                    w: w + d * kw,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    #[test]
+    fn every_isa_matches_the_reference(c in case(), za in 0u8..=255, zo in 0u8..=255, act in 0usize..3,
+                                       res in any::<bool>(), scale in 1e-4f32..2e-2, seed in any::<u64>()) {
+        let p = c.p;
+        let x = bytes(c.n * c.h * c.w * p.in_channels, seed);
+        let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..p.out_channels as i32).map(|i| (i * 977 - 5000) * (seed as i32 % 7)).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: (0..p.out_channels).map(|i| scale * (1.0 + i as f32 / 7.0)).collect(),
+            zo,
+            out_scale: 0.05,
+            act: [None, Some(crate::Activation::Relu), Some(crate::Activation::Relu6)][act],
+        };
+        let (oh, ow) = p.output_size(c.h, c.w).unwrap();
+        let r = bytes(c.n * oh * ow * p.out_channels, seed ^ 9);
+        let residual = res.then_some((r.as_slice(), 77, 0.37));
+        let want = reference(&p, &x, c.n, c.h, c.w, &wt, &bias, &out, residual);
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        for isa in isa::available_int8() {
+            let (got, gh, gw) = conv.run_isa(isa, &x, c.n, c.h, c.w, residual).unwrap();
+            prop_assert_eq!((gh, gw), (oh, ow));
+            prop_assert!(got == want, "{:?} {:?}", isa, p);
+        }
+    }
+
+    #[test]
+    fn smooth_activations_agree_within_one_step(c in case(), za in 0u8..=255, zo in 0u8..=255, act in 0usize..4, seed in any::<u64>()) {
+        let p = c.p;
+        let x = bytes(c.n * c.h * c.w * p.in_channels, seed);
+        let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: vec![0.002; p.out_channels],
+            zo,
+            out_scale: 0.03,
+            act: Some([crate::Activation::Hardswish, crate::Activation::Silu,
+                       crate::Activation::Sigmoid, crate::Activation::Gelu][act]),
+        };
+        let want = reference(&p, &x, c.n, c.h, c.w, &wt, &vec![0; p.out_channels], &out, None);
+        let conv = PreparedQConv::new(p, &wt, None, out).unwrap();
+        for isa in isa::available_int8() {
+            let (got, _, _) = conv.run_isa(isa, &x, c.n, c.h, c.w, None).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                prop_assert!((*a as i32 - *b as i32).abs() <= 1, "{:?}: {} vs {}", isa, a, b);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_operands_are_errors() {
+    let p = Conv2dParams {
+        in_channels: 4,
+        out_channels: 2,
+        kernel: [1, 1],
+        stride: [1, 1],
+        padding: [0, 0],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let out = QConvOutput {
+        za: 0,
+        multiplier: vec![1.0; 2],
+        zo: 0,
+        out_scale: 1.0,
+        act: None,
+    };
+    assert!(PreparedQConv::new(p, &[1; 7], None, out.clone()).is_err());
+    assert!(PreparedQConv::new(
+        p,
+        &[1; 8],
+        None,
+        QConvOutput {
+            multiplier: vec![1.0],
+            ..out.clone()
+        }
+    )
+    .is_err());
+    let c = PreparedQConv::new(p, &[1; 8], None, out).unwrap();
+    assert!(c.run(&[0; 7], 1, 1, 2, None).is_err());
+    assert!(c.run(&[0; 8], 1, 1, 2, Some((&[0; 3], 0, 1.0))).is_err());
+}

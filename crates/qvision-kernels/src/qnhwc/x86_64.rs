@@ -1,0 +1,190 @@
+//! AVX-512 VNNI int8 micro-kernel: `MR` output pixels x `NB` vectors of 16 output channels.
+
+use super::{Fused, RowPtr, MR, NBLK};
+use std::arch::x86_64::*;
+
+/// Four activation bytes as one i32 lane value; the last quad of a tap may be partial (its
+/// weights are zero, but only `len` bytes may be read).
+#[inline(always)]
+unsafe fn quad(p: *const u8, len: usize) -> i32 {
+    // SAFETY: the caller guarantees `len` (1..=4) readable bytes at `p`.
+    unsafe {
+        if len >= 4 {
+            (p as *const i32).read_unaligned()
+        } else {
+            let mut v = [0u8; 4];
+            std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len);
+            i32::from_le_bytes(v)
+        }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512F/BW/VL/VNNI; `rows[t * MR + i]` has `cin` readable bytes for every
+/// tap `t < taps` and row `i < MR`; `b` holds `taps * ceil(cin/4) * NB * 64` packed bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn tile_vnni<const NB: usize>(
+    rows: &[RowPtr],
+    taps: usize,
+    cin: usize,
+    b: &[i8],
+    acc: &mut [i32; MR * NBLK],
+    fused: Option<&Fused>,
+) {
+    let mut c = [[_mm512_setzero_si512(); NB]; MR];
+    let full = cin / 4;
+    let tail = cin % 4;
+    let mut bp = b.as_ptr();
+    for t in 0..taps {
+        let mut r = [std::ptr::null::<u8>(); MR];
+        for (i, p) in r.iter_mut().enumerate() {
+            *p = rows[t * MR + i].0;
+        }
+        for g in 0..full + usize::from(tail > 0) {
+            let len = if g < full { 4 } else { tail };
+            let mut bv = [_mm512_setzero_si512(); NB];
+            for (j, v) in bv.iter_mut().enumerate() {
+                // SAFETY: group g of tap t lies inside the packed block (see the contract).
+                *v = unsafe { _mm512_loadu_si512(bp.add(j * 64).cast()) };
+            }
+            for i in 0..MR {
+                // SAFETY: bytes 4g..4g+len of tap t of row i are readable.
+                let a = _mm512_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
+                for j in 0..NB {
+                    c[i][j] = _mm512_dpbusd_epi32(c[i][j], a, bv[j]);
+                }
+            }
+            // SAFETY: stays within (or one past) the packed block.
+            bp = unsafe { bp.add(NB * 64) };
+        }
+    }
+    for (i, ci) in c.iter().enumerate() {
+        for (j, v) in ci.iter().enumerate() {
+            // SAFETY: row i, vector j lies inside the `MR x NBLK` accumulator array.
+            unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(i * NBLK + j * 16).cast(), *v) };
+        }
+    }
+    if let Some(f) = fused {
+        // SAFETY: same CPU features; `f` describes valid output rows (see `Fused`).
+        unsafe { epilogue::<NB>(acc, f) }
+    }
+}
+
+/// The requantization of a stored tile, in registers.
+///
+/// # Safety
+/// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `f.rows` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
+    // The epilogue in registers, the same IEEE sequence as `requant_row_body`:
+    // (acc + shift) * mult [+ (r - zr) * mr], clamp, round half to even (MXCSR default), + zo.
+    let (lo, hi) = (_mm512_set1_ps(f.lo), _mm512_set1_ps(f.hi));
+    let zo = _mm512_set1_epi32(f.zo);
+    let mut masks = [0u16; NB];
+    let mut shift = [_mm512_setzero_si512(); NB];
+    let mut mult = [_mm512_setzero_ps(); NB];
+    for j in 0..NB {
+        let valid = f.width.saturating_sub(j * 16).min(16);
+        masks[j] = if valid == 16 {
+            0xffff
+        } else {
+            ((1u32 << valid) - 1) as u16
+        };
+        // SAFETY: the masks limit the loads to the `width` valid columns of shift and mult.
+        unsafe {
+            shift[j] = _mm512_maskz_loadu_epi32(masks[j], f.shift.add(j * 16).cast());
+            mult[j] = _mm512_maskz_loadu_ps(masks[j], f.mult.add(j * 16));
+        }
+    }
+    for i in 0..f.rows {
+        for j in 0..NB {
+            if masks[j] == 0 {
+                continue;
+            }
+            // SAFETY: row i, vector j lies inside the accumulator array.
+            let a = unsafe { _mm512_loadu_si512(acc.as_ptr().add(i * NBLK + j * 16).cast()) };
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, shift[j])), mult[j]);
+            if let Some((res, zr, mr)) = f.residual {
+                // SAFETY: the residual row has `width` valid bytes at this offset; the mask
+                // limits the load to them.
+                let rb = unsafe { _mm_maskz_loadu_epi8(masks[j], res[i].add(j * 16).cast()) };
+                let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
+                y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
+            }
+            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
+            // SAFETY: output row i has `width` writable bytes here, owned by this tile.
+            unsafe {
+                _mm_mask_storeu_epi8(
+                    f.out[i].add(j * 16).cast(),
+                    masks[j],
+                    _mm512_cvtusepi32_epi8(q),
+                )
+            };
+        }
+    }
+}
+
+/// One output pixel of a depthwise conv, all channels: `taps[t]` points at the input pixel of
+/// tap `t` (channel 0), or at a buffer of the input zero point for padding, so the full
+/// zero-point correction sits in `shift`.
+pub(crate) struct DwPixel<'a> {
+    pub taps: &'a [*const u8],
+    pub c: usize,
+    /// `[tap][channel]` weights.
+    pub w: &'a [i32],
+    /// `bias - za * sum over taps of w`.
+    pub shift: &'a [i32],
+    pub mult: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+    pub zo: i32,
+    pub residual: Option<(*const u8, i32, f32)>,
+    pub out: *mut u8,
+}
+
+/// # Safety
+/// AVX-512F/BW/VL are available; every tap pointer has `c` readable bytes, `w` holds
+/// `taps.len() * c` values, `shift`/`mult` `c` values, `out` (and the residual) `c` bytes. With
+/// `acc` given, the i32 sums (plus shift) land there instead and `out` is not written.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>, acc: Option<&mut [i32]>) {
+    let (lo, hi) = (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi));
+    let zo = _mm512_set1_epi32(p.zo);
+    let mut acc = acc;
+    let mut c0 = 0;
+    while c0 < p.c {
+        let valid = (p.c - c0).min(16);
+        let m: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            ((1u32 << valid) - 1) as u16
+        };
+        // SAFETY (all loads and stores below): the mask limits every access to the `valid`
+        // channels from c0, inside the ranges the caller guarantees.
+        unsafe {
+            let mut a = _mm512_maskz_loadu_epi32(m, p.shift.as_ptr().add(c0).cast());
+            for (t, &x) in p.taps.iter().enumerate() {
+                let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, x.add(c0).cast()));
+                let wv = _mm512_maskz_loadu_epi32(m, p.w.as_ptr().add(t * p.c + c0).cast());
+                a = _mm512_add_epi32(a, _mm512_mullo_epi32(xv, wv));
+            }
+            if let Some(buf) = acc.as_deref_mut() {
+                _mm512_mask_storeu_epi32(buf.as_mut_ptr().add(c0).cast(), m, a);
+                c0 += 16;
+                continue;
+            }
+            let mv = _mm512_maskz_loadu_ps(m, p.mult.as_ptr().add(c0));
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mv);
+            if let Some((r, zr, mr)) = p.residual {
+                let rb = _mm_maskz_loadu_epi8(m, r.add(c0).cast());
+                let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
+                y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
+            }
+            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
+            _mm_mask_storeu_epi8(p.out.add(c0).cast(), m, _mm512_cvtusepi32_epi8(q));
+        }
+        c0 += 16;
+    }
+}

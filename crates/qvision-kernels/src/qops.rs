@@ -1,0 +1,672 @@
+//! Int8 (u8, affine) kernels besides convolution, on NHWC activations: quantize / dequantize
+//! with the layout change, add and multiply with requantization, lookup-table activations and
+//! requantization, max / average / adaptive-average pooling, and channel gathers (concat, split,
+//! shuffle). Each takes explicit shapes and reports bad ones as errors.
+//!
+//! A quantized value `q` with `(scale, zero_point)` stands for `(q - zero_point) * scale`; every
+//! result is rounded half to even and clamped to `0..=255`.
+
+use crate::isa;
+use crate::pool::Pool2dParams;
+use crate::{shape_err, Activation, KernelError};
+use rayon::prelude::*;
+
+/// Quantization parameters of a u8 tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+impl Q {
+    pub fn new(scale: f32, zero_point: i32) -> Self {
+        Q { scale, zero_point }
+    }
+
+    #[inline(always)]
+    fn quantize(self, v: f32) -> u8 {
+        ((v / self.scale).round_ties_even() + self.zero_point as f32).clamp(0.0, 255.0) as u8
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+#[inline(always)]
+fn quantize_body(x: &[f32], q: Q, out: &mut [u8]) {
+    let inv = 1.0 / q.scale;
+    let z = q.zero_point as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v * inv).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+    }
+}
+crate::isa::multiversion!(fn quantize_slice(x: &[f32], q: Q, out: &mut [u8]) => quantize_body);
+
+#[inline(always)]
+fn dequantize_body(x: &[u8], q: Q, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v as i32 - q.zero_point) as f32 * q.scale;
+    }
+}
+crate::isa::multiversion!(fn dequantize_slice(x: &[u8], q: Q, out: &mut [f32]) => dequantize_body);
+
+/// f32 to u8 keeping the layout (`x * (1/scale)`, as PyTorch's `quantize_per_tensor`).
+pub fn quantize(x: &[f32], q: Q) -> Vec<u8> {
+    let isa = isa::current();
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, s)| quantize_slice(isa, s, q, o));
+    out
+}
+
+/// u8 to f32 keeping the layout.
+pub fn dequantize(x: &[u8], q: Q) -> Vec<f32> {
+    let isa = isa::current();
+    let mut out = qvision_tensor::pool::take(x.len());
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, s)| dequantize_slice(isa, s, q, o));
+    out
+}
+
+/// NCHW f32 to NHWC u8.
+pub fn quantize_to_nhwc(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    q: Q,
+) -> Result<Vec<u8>, KernelError> {
+    if x.len() != n * c * hw {
+        return Err(shape_err(
+            "quantize",
+            format!("input has {} values, want {n}x{c}x{hw}", x.len()),
+        ));
+    }
+    let mut out = vec![0u8; x.len()];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let inv = 1.0 / q.scale;
+    let z = q.zero_point as f32;
+    // tiles of 64 pixels: contiguous reads per channel, writes within an L1-sized tile
+    const TP: usize = 64;
+    let tiles = hw.div_ceil(TP);
+    out.par_chunks_mut(hw * c).enumerate().for_each(|(b, ob)| {
+        let xb = &x[b * c * hw..(b + 1) * c * hw];
+        for t in 0..tiles {
+            let (p0, p1) = (t * TP, ((t + 1) * TP).min(hw));
+            for ch in 0..c {
+                let src = &xb[ch * hw + p0..ch * hw + p1];
+                for (k, &v) in src.iter().enumerate() {
+                    ob[(p0 + k) * c + ch] =
+                        ((v * inv).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// Blocked `[n, ceil(c/16), h, w, 16]` f32 to NHWC u8 (the padding channels are dropped).
+pub fn quantize_blocked_to_nhwc(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    q: Q,
+) -> Result<Vec<u8>, KernelError> {
+    let cb = c.div_ceil(16);
+    if x.len() != n * cb * hw * 16 {
+        return Err(shape_err(
+            "quantize",
+            format!(
+                "blocked input has {} values, want {n}x{cb}x{hw}x16",
+                x.len()
+            ),
+        ));
+    }
+    let mut out = vec![0u8; n * hw * c];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let isa = isa::current();
+    let rows = (CHUNK / c).max(1);
+    out.par_chunks_mut(rows * c).enumerate().for_each(|(r, o)| {
+        for (k, px) in o.chunks_mut(c).enumerate() {
+            let (b, p) = ((r * rows + k) / hw, (r * rows + k) % hw);
+            for (j, d) in px.chunks_mut(16).enumerate() {
+                let at = ((b * cb + j) * hw + p) * 16;
+                quantize_slice(isa, &x[at..at + d.len()], q, d);
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// NHWC u8 to NCHW f32.
+pub fn dequantize_from_nhwc(
+    x: &[u8],
+    n: usize,
+    c: usize,
+    hw: usize,
+    q: Q,
+) -> Result<Vec<f32>, KernelError> {
+    if x.len() != n * c * hw {
+        return Err(shape_err(
+            "dequantize",
+            format!("input has {} values, want {n}x{hw}x{c}", x.len()),
+        ));
+    }
+    let mut out = qvision_tensor::pool::take(x.len());
+    if out.is_empty() {
+        return Ok(out);
+    }
+    out.par_chunks_mut(hw).enumerate().for_each(|(bc, o)| {
+        let (b, ch) = (bc / c, bc % c);
+        for (p, v) in o.iter_mut().enumerate() {
+            *v = (x[(b * hw + p) * c + ch] as i32 - q.zero_point) as f32 * q.scale;
+        }
+    });
+    Ok(out)
+}
+
+/// The table of `u -> quantize_out(f(dequantize_in(u)))` for every byte: a requantization, with
+/// an optional activation (PyTorch's quantized hardswish / sigmoid / ... are such maps).
+pub fn requant_table(input: Q, output: Q, act: Option<Activation>) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    for (i, v) in t.iter_mut().enumerate() {
+        let x = (i as i32 - input.zero_point) as f32 * input.scale;
+        *v = output.quantize(act.map_or(x, |a| a.apply_scalar(x)));
+    }
+    t
+}
+
+/// Apply a byte table.
+pub fn lut(x: &[u8], table: &[u8; 256]) -> Vec<u8> {
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, s)| {
+            for (d, &v) in o.iter_mut().zip(s) {
+                *d = table[v as usize];
+            }
+        });
+    out
+}
+
+/// Which element-wise op.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum QBinary {
+    Add,
+    Mul,
+}
+
+#[derive(Clone, Copy)]
+struct BinArgs {
+    op: QBinary,
+    a: Q,
+    b: Q,
+    out: Q,
+    relu: bool,
+}
+
+#[inline(always)]
+fn binary_body(x: &[u8], y: &[u8], p: &BinArgs, o: &mut [u8]) {
+    let (za, zb) = (p.a.zero_point, p.b.zero_point);
+    let zo = p.out.zero_point as f32;
+    let lo = if p.relu { 0.0f32.max(-zo) } else { -zo };
+    let hi = 255.0 - zo;
+    let len = o.len();
+    let (x, y) = (&x[..len], &y[..len]);
+    match p.op {
+        QBinary::Add => {
+            let (ma, mb) = (p.a.scale / p.out.scale, p.b.scale / p.out.scale);
+            for j in 0..len {
+                let t = (x[j] as i32 - za) as f32 * ma + (y[j] as i32 - zb) as f32 * mb;
+                o[j] = (t.max(lo).min(hi).round_ties_even() + zo) as u8;
+            }
+        }
+        QBinary::Mul => {
+            let m = p.a.scale * p.b.scale / p.out.scale;
+            for j in 0..len {
+                let t = ((x[j] as i32 - za) * (y[j] as i32 - zb)) as f32 * m;
+                o[j] = (t.max(lo).min(hi).round_ties_even() + zo) as u8;
+            }
+        }
+    }
+}
+crate::isa::multiversion!(fn binary_slice(x: &[u8], y: &[u8], p: &BinArgs, o: &mut [u8]) => binary_body);
+
+/// `a (op) b` requantized to `out`. `b` is either shaped like `a` or one value per
+/// (image, channel) of an NHWC `a` with `c` channels (a squeeze-excitation scale); `relu`
+/// clamps at zero.
+#[allow(clippy::too_many_arguments)]
+pub fn binary(
+    op: QBinary,
+    a: &[u8],
+    qa: Q,
+    b: &[u8],
+    qb: Q,
+    out: Q,
+    relu: bool,
+    channels: usize,
+) -> Result<Vec<u8>, KernelError> {
+    let p = BinArgs {
+        op,
+        a: qa,
+        b: qb,
+        out,
+        relu,
+    };
+    let isa = isa::current();
+    let mut o = vec![0u8; a.len()];
+    if b.len() == a.len() {
+        o.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (x, y))| binary_slice(isa, x, y, &p, o));
+        return Ok(o);
+    }
+    let images = b.len().checked_div(channels).unwrap_or(0);
+    if channels == 0
+        || b.len() != images * channels
+        || images == 0
+        || !a.len().is_multiple_of(images * channels)
+    {
+        return Err(shape_err(
+            "quantized binary",
+            format!(
+                "cannot broadcast {} values over {} (channels {channels})",
+                b.len(),
+                a.len()
+            ),
+        ));
+    }
+    let per_image = a.len() / images;
+    o.par_chunks_mut(per_image)
+        .zip(a.par_chunks(per_image))
+        .enumerate()
+        .for_each(|(i, (o, x))| {
+            let y = &b[i * channels..(i + 1) * channels];
+            for (oc, xc) in o.chunks_mut(channels).zip(x.chunks(channels)) {
+                binary_slice(isa, xc, y, &p, oc);
+            }
+        });
+    Ok(o)
+}
+
+/// NHWC max pooling (the output keeps the input's quantization).
+pub fn max_pool(
+    p: &Pool2dParams,
+    x: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> Result<(Vec<u8>, usize, usize), KernelError> {
+    let (oh, ow) = p.output_size(h, w)?;
+    check(x, n * h * w * c, "max_pool2d")?;
+    let mut out = vec![0u8; n * oh * ow * c];
+    let isa = isa::current();
+    out.par_chunks_mut((ow * c).max(1))
+        .enumerate()
+        .for_each(|(r, o)| {
+            let (b, oy) = (r / oh, r % oh);
+            for ox in 0..ow {
+                let d = &mut o[ox * c..(ox + 1) * c];
+                for ky in 0..p.kernel[0] {
+                    let iy =
+                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                    if iy < 0 || iy as usize >= h {
+                        continue;
+                    }
+                    for kx in 0..p.kernel[1] {
+                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                            - p.padding[1] as isize;
+                        if ix < 0 || ix as usize >= w {
+                            continue;
+                        }
+                        let at = ((b * h + iy as usize) * w + ix as usize) * c;
+                        max_into(isa, d, &x[at..at + c]);
+                    }
+                }
+            }
+        });
+    Ok((out, oh, ow))
+}
+
+#[inline(always)]
+fn max_body(d: &mut [u8], s: &[u8]) {
+    for (a, &b) in d.iter_mut().zip(s) {
+        *a = (*a).max(b);
+    }
+}
+crate::isa::multiversion!(fn max_into(d: &mut [u8], s: &[u8]) => max_body);
+
+#[inline(always)]
+fn sum_body(acc: &mut [i32], s: &[u8]) {
+    for (a, &b) in acc.iter_mut().zip(s) {
+        *a += b as i32;
+    }
+}
+crate::isa::multiversion!(fn sum_into(acc: &mut [i32], s: &[u8]) => sum_body);
+
+/// Average over windows `[hs, he) x [ws, we)` with a divisor, requantized to `out`.
+fn avg_windows(
+    x: &[u8],
+    (n, h, w, c): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+    window: impl Fn(usize, usize) -> (usize, usize, usize, usize, f32) + Sync,
+    input: Q,
+    out: Q,
+) -> Vec<u8> {
+    let mut y = vec![0u8; n * oh * ow * c];
+    if y.is_empty() {
+        return y;
+    }
+    let isa = isa::current();
+    y.par_chunks_mut(c).enumerate().for_each(|(px, o)| {
+        let (b, r) = (px / (oh * ow), px % (oh * ow));
+        let (oy, ox) = (r / ow, r % ow);
+        let (hs, he, ws, we, div) = window(oy, ox);
+        let mut acc = vec![0i32; c];
+        for iy in hs..he {
+            for ix in ws..we {
+                let at = ((b * h + iy) * w + ix) * c;
+                sum_into(isa, &mut acc, &x[at..at + c]);
+            }
+        }
+        let count = ((he - hs) * (we - ws)) as i32;
+        let m = input.scale / (out.scale * div);
+        let zo = out.zero_point as f32;
+        for (d, &s) in o.iter_mut().zip(&acc) {
+            let t = (s - count * input.zero_point) as f32 * m;
+            *d = (t.round_ties_even() + zo).clamp(0.0, 255.0) as u8;
+        }
+    });
+    y
+}
+
+/// NHWC average pooling with PyTorch's divisor rule, requantized from `input` to `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool(
+    p: &Pool2dParams,
+    count_include_pad: bool,
+    x: &[u8],
+    (n, h, w, c): (usize, usize, usize, usize),
+    input: Q,
+    out: Q,
+) -> Result<(Vec<u8>, usize, usize), KernelError> {
+    if p.dilation != [1, 1] {
+        return Err(shape_err("avg_pool2d", "dilation is not supported"));
+    }
+    let (oh, ow) = p.output_size(h, w)?;
+    check(x, n * h * w * c, "avg_pool2d")?;
+    let y = avg_windows(
+        x,
+        (n, h, w, c),
+        (oh, ow),
+        |oy, ox| {
+            let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+            let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
+            let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+            let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
+            let pool_size = ((he - hs) * (we - ws)) as f32;
+            let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
+            let (he, we) = (he.min(h as isize) as usize, we.min(w as isize) as usize);
+            let div = if count_include_pad {
+                pool_size
+            } else {
+                ((he - hs) * (we - ws)) as f32
+            };
+            (hs, he, ws, we, div)
+        },
+        input,
+        out,
+    );
+    Ok((y, oh, ow))
+}
+
+/// NHWC adaptive average pooling (torchvision's bins), requantized from `input` to `out`.
+pub fn adaptive_avg_pool(
+    x: &[u8],
+    (n, h, w, c): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+    input: Q,
+    out: Q,
+) -> Result<Vec<u8>, KernelError> {
+    check(x, n * h * w * c, "adaptive_avg_pool2d")?;
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return Err(shape_err(
+            "adaptive_avg_pool2d",
+            format!("cannot pool {h}x{w} to {oh}x{ow}"),
+        ));
+    }
+    Ok(avg_windows(
+        x,
+        (n, h, w, c),
+        (oh, ow),
+        |oy, ox| {
+            let (hs, he) = (oy * h / oh, ((oy + 1) * h).div_ceil(oh));
+            let (ws, we) = (ox * w / ow, ((ox + 1) * w).div_ceil(ow));
+            (hs, he, ws, we, ((he - hs) * (we - ws)) as f32)
+        },
+        input,
+        out,
+    ))
+}
+
+/// A piece of a channel gather: `(input, its channel count, first channel, count, optional
+/// byte table)`.
+pub type ChannelPiece<'a> = (&'a [u8], usize, usize, usize, Option<&'a [u8; 256]>);
+
+/// Build each output pixel's channels from pieces of the inputs' channels: `parts[i]` is
+/// `(input, its channel count, first channel, count, optional byte table)`. Concat, split and
+/// channel shuffle are all such gathers over NHWC.
+pub fn gather_channels(pixels: usize, parts: &[ChannelPiece<'_>]) -> Result<Vec<u8>, KernelError> {
+    let c: usize = parts.iter().map(|p| p.3).sum();
+    for &(x, cx, first, count, _) in parts {
+        if x.len() != pixels * cx || first + count > cx {
+            return Err(shape_err(
+                "channel gather",
+                format!(
+                    "input of {} values is not {pixels} pixels x {cx} channels",
+                    x.len()
+                ),
+            ));
+        }
+        let _ = count;
+    }
+    let mut out = vec![0u8; pixels * c];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let rows = (CHUNK / c).max(1);
+    out.par_chunks_mut(rows * c).enumerate().for_each(|(r, o)| {
+        for (k, px) in o.chunks_mut(c).enumerate() {
+            let p = r * rows + k;
+            let mut at = 0;
+            for &(x, cx, first, count, table) in parts {
+                let src = &x[p * cx + first..p * cx + first + count];
+                let dst = &mut px[at..at + count];
+                match table {
+                    Some(t) => dst
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &s)| *d = t[s as usize]),
+                    None => dst.copy_from_slice(src),
+                }
+                at += count;
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// ShuffleNet's channel shuffle over NHWC: output channel `j*groups + g` is input channel
+/// `g*(c/groups) + j`.
+pub fn channel_shuffle(
+    x: &[u8],
+    pixels: usize,
+    c: usize,
+    groups: usize,
+) -> Result<Vec<u8>, KernelError> {
+    if groups == 0 || !c.is_multiple_of(groups) || x.len() != pixels * c {
+        return Err(shape_err(
+            "channel_shuffle",
+            format!("{} values, {c} channels, {groups} groups", x.len()),
+        ));
+    }
+    let per = c / groups;
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .for_each(|(o, s)| {
+            for j in 0..per {
+                for g in 0..groups {
+                    o[j * groups + g] = s[g * per + j];
+                }
+            }
+        });
+    Ok(out)
+}
+
+fn check(x: &[u8], want: usize, op: &'static str) -> Result<(), KernelError> {
+    if x.len() != want {
+        return Err(shape_err(
+            op,
+            format!("input has {} values, want {want}", x.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        crate::reference::pseudo_random(len, seed)
+            .iter()
+            .map(|v| ((v + 1.0) * 127.9) as u8)
+            .collect()
+    }
+
+    fn deq(x: &[u8], q: Q) -> Vec<f32> {
+        x.iter()
+            .map(|&v| (v as i32 - q.zero_point) as f32 * q.scale)
+            .collect()
+    }
+
+    fn nchw_to_nhwc<T: Copy>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+        let mut y = x.to_vec();
+        for b in 0..n {
+            for ch in 0..c {
+                for p in 0..hw {
+                    y[(b * hw + p) * c + ch] = x[(b * c + ch) * hw + p];
+                }
+            }
+        }
+        y
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn layout_changes_round_trip(n in 1usize..3, c in 1usize..40, hw in 1usize..50, z in 0i32..256, seed in any::<u64>()) {
+            let q = Q::new(0.02, z);
+            let x: Vec<f32> = crate::reference::pseudo_random(n * c * hw, seed).iter().map(|v| v * 3.0).collect();
+            let nhwc = quantize_to_nhwc(&x, n, c, hw, q).unwrap();
+            prop_assert_eq!(&nhwc, &nchw_to_nhwc(&quantize(&x, q), n, c, hw));
+            let blocked = crate::blocked::to_blocked(&x, n, c, hw);
+            prop_assert_eq!(&quantize_blocked_to_nhwc(&blocked, n, c, hw, q).unwrap(), &nhwc);
+            let back = dequantize_from_nhwc(&nhwc, n, c, hw, q).unwrap();
+            prop_assert_eq!(back, deq(&quantize(&x, q), q));
+        }
+
+        #[test]
+        fn binary_ops_match_the_float_formula(len in 1usize..3000, za in 0i32..256, zb in 0i32..256, zo in 0i32..256,
+                                              sa in 1e-3f32..0.1, sb in 1e-3f32..0.1, so in 1e-3f32..0.2,
+                                              mul in any::<bool>(), relu in any::<bool>(), bcast in any::<bool>(), seed in any::<u64>()) {
+            let (qa, qb, qo) = (Q::new(sa, za), Q::new(sb, zb), Q::new(so, zo));
+            let c = 1 + (len % 17);
+            let a = bytes(len * c, seed);
+            let b = if bcast { bytes(c, seed ^ 1) } else { bytes(len * c, seed ^ 1) };
+            let op = if mul { QBinary::Mul } else { QBinary::Add };
+            let got = binary(op, &a, qa, &b, qb, qo, relu, c).unwrap();
+            for (i, &g) in got.iter().enumerate() {
+                let (x, y) = ((a[i] as i32 - za) as f32 * sa, (b[if bcast { i % c } else { i }] as i32 - zb) as f32 * sb);
+                let mut v = if mul { x * y } else { x + y };
+                if relu { v = v.max(0.0); }
+                let want = (v / so).round() + zo as f32;
+                prop_assert!((g as f32 - want.clamp(0.0, 255.0)).abs() <= 1.0, "{} vs {}", g, want);
+            }
+        }
+
+        #[test]
+        fn pools_match_float_pools(n in 1usize..3, c in 1usize..20, h in 2usize..12, w in 2usize..12, k in 1usize..4,
+                                   s in 1usize..3, pad in 0usize..2, cip in any::<bool>(), seed in any::<u64>()) {
+            let p = Pool2dParams { kernel: [k, k], stride: [s, s], padding: [pad.min(k / 2); 2], dilation: [1, 1], ceil_mode: false };
+            let (h, w) = (h.max(k), w.max(k));
+            let qi = Q::new(0.05, 100);
+            let qo = Q::new(0.04, 90);
+            let x = bytes(n * h * w * c, seed);
+            let nchw: Vec<f32> = {
+                let f = deq(&x, qi);
+                let mut y = f.clone();
+                for b in 0..n { for ch in 0..c { for px in 0..h * w { y[(b * c + ch) * h * w + px] = f[(b * h * w + px) * c + ch]; } } }
+                y
+            };
+            let (mx, oh, ow) = max_pool(&p, &x, n, h, w, c).unwrap();
+            let (fm, _, _) = crate::pool::max_pool2d(&p, &nchw, n * c, h, w).unwrap();
+            prop_assert_eq!(deq(&mx, qi), nchw_to_nhwc(&fm, n, c, oh * ow));
+            let (av, _, _) = avg_pool(&p, cip, &x, (n, h, w, c), qi, qo).unwrap();
+            let (fa, _, _) = crate::pool::avg_pool2d(&p, cip, &nchw, n * c, h, w).unwrap();
+            for (g, f) in av.iter().zip(nchw_to_nhwc(&fa, n, c, oh * ow)) {
+                prop_assert!((*g as f32 - (f / qo.scale + 90.0).clamp(0.0, 255.0)).abs() <= 0.5 + 1e-3, "{} vs {}", g, f);
+            }
+            let ad = adaptive_avg_pool(&x, (n, h, w, c), (2, 3), qi, qo).unwrap();
+            let fa = crate::pool::adaptive_avg_pool2d(&nchw, n * c, h, w, 2, 3).unwrap();
+            for (g, f) in ad.iter().zip(nchw_to_nhwc(&fa, n, c, 6)) {
+                prop_assert!((*g as f32 - (f / qo.scale + 90.0).clamp(0.0, 255.0)).abs() <= 0.5 + 1e-3, "{} vs {}", g, f);
+            }
+        }
+
+        #[test]
+        fn shuffle_and_gather_match_the_nchw_kernels(n in 1usize..3, g in 1usize..5, per in 1usize..6, hw in 1usize..20, seed in any::<u64>()) {
+            let c = g * per;
+            let x = bytes(n * c * hw, seed);
+            let want = crate::layout::channel_shuffle(&x, n, c, hw, g).unwrap();
+            let got = channel_shuffle(&nchw_to_nhwc(&x, n, c, hw), n * hw, c, g).unwrap();
+            prop_assert_eq!(got, nchw_to_nhwc(&want, n, c, hw));
+            let t = requant_table(Q::new(0.1, 5), Q::new(0.2, 7), None);
+            let y = gather_channels(n * hw, &[(&x, c, 0, c, None), (&x, c, c - 1, 1, Some(&t))]).unwrap();
+            for p in 0..n * hw {
+                prop_assert_eq!(&y[p * (c + 1)..p * (c + 1) + c], &x[p * c..(p + 1) * c]);
+                prop_assert_eq!(y[p * (c + 1) + c], t[x[p * c + c - 1] as usize]);
+            }
+        }
+    }
+
+    #[test]
+    fn tables_apply_the_activation() {
+        let (qi, qo) = (Q::new(0.05, 128), Q::new(0.03, 10));
+        let t = requant_table(qi, qo, Some(Activation::Hardswish));
+        for (i, &v) in t.iter().enumerate() {
+            let x = (i as f32 - 128.0) * 0.05;
+            let want = (x * (x + 3.0).clamp(0.0, 6.0) / 6.0 / 0.03).round_ties_even() + 10.0;
+            assert_eq!(v as f32, want.clamp(0.0, 255.0));
+        }
+        assert_eq!(lut(&[0, 128, 255], &t), vec![t[0], t[128], t[255]]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let q = Q::new(1.0, 0);
+        assert!(binary(QBinary::Add, &[1; 10], q, &[1; 3], q, q, false, 4).is_err());
+        assert!(quantize_to_nhwc(&[0.0; 5], 1, 2, 3, q).is_err());
+        assert!(channel_shuffle(&[0; 6], 2, 3, 2).is_err());
+        assert!(gather_channels(2, &[(&[0; 5], 3, 0, 3, None)]).is_err());
+    }
+}
