@@ -219,6 +219,24 @@ pub(crate) fn run(op: &QOp, prep: &QPrepared, ins: &[&Tensor]) -> Result<Vec<Ten
             .map_err(ke)?;
             out(x.shape().to_vec(), r)
         }
+        (
+            QOp::ChannelAffine {
+                input,
+                output,
+                relu,
+            },
+            _,
+        ) => {
+            let f = |i: usize| -> Result<&[f32], String> {
+                ins.get(i)
+                    .ok_or("missing scale or shift")?
+                    .as_f32()
+                    .map_err(|e| e.to_string())
+            };
+            let y = qops::channel_affine(u8s(x)?, q(*input), f(1)?, f(2)?, q(*output), *relu)
+                .map_err(ke)?;
+            out(x.shape().to_vec(), y)
+        }
         (QOp::Lut { .. }, QPrepared::Tables(t)) => {
             let table = t
                 .first()

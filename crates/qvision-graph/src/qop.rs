@@ -61,6 +61,13 @@ pub enum QOp {
         b: Qp,
         output: Qp,
     },
+    /// `[x, scale f32 [C], shift f32 [C]]` NHWC: a per-channel affine map (an unfolded
+    /// BatchNorm), optionally followed by ReLU.
+    ChannelAffine {
+        input: Qp,
+        output: Qp,
+        relu: bool,
+    },
     /// `[x]`: a byte table (an activation, or a requantization).
     Lut {
         table: Vec<u8>,
@@ -116,6 +123,7 @@ impl QOp {
             QOp::Add { .. } => "QAdd",
             QOp::Mul { .. } => "QMul",
             QOp::Lut { .. } => "QLut",
+            QOp::ChannelAffine { .. } => "QBatchNorm2d",
             QOp::MaxPool2d(_) => "QMaxPool2d",
             QOp::AvgPool2d { .. } => "QAvgPool2d",
             QOp::AdaptiveAvgPool2d { .. } => "QAdaptiveAvgPool2d",
@@ -161,6 +169,7 @@ impl QOp {
             | QOp::Add { .. }
             | QOp::Mul { .. }
             | QOp::Lut { .. }
+            | QOp::ChannelAffine { .. }
             | QOp::ChannelShuffle { .. }
             | QOp::LayerNorm { .. } => vec![x.to_vec()],
             QOp::Conv2d { params, .. } => {

@@ -90,7 +90,8 @@ pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.336_55, 88.722_83);
     // round to nearest with the 1.5 * 2^23 trick: plain arithmetic, no libm call
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
     // Cody-Waite split of ln2 keeps r accurate
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
@@ -98,7 +99,9 @@ pub fn exp_f32(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // n as an integer from t's mantissa bits (no saturating float-to-int cast, which does not
+    // vectorise)
+    let bits = ((t.to_bits() as i32 - SHIFT.to_bits() as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -68,7 +68,8 @@ pub enum Int8Isa {
     /// The portable kernel compiled for AVX2 (exact 32-bit accumulation, no `vpmaddubsw`
     /// saturation).
     Avx2,
-    /// AVX-512 VNNI `vpdpbusd` (with F/BW/VL): four u8 x s8 products summed into each i32 lane.
+    /// AVX-512 VNNI `vpdpbusd` (with F/BW/VL, AVX2, FMA): four u8 x s8 products summed into each
+    /// i32 lane.
     Avx512Vnni,
 }
 
@@ -80,10 +81,12 @@ pub fn best_int8() -> Int8Isa {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
         {
             return Int8Isa::Avx512Vnni;
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return Int8Isa::Avx2;
         }
     }

@@ -24,6 +24,16 @@ pub use gemm::PackedMatrix;
 
 use thiserror::Error;
 
+/// `round_half_even(t) + zo` as a byte, for `t` already clamped to `[-zo, 255 - zo]`. Adding
+/// 1.5 * 2^23 rounds in the FPU's default mode (half to even, as `vcvtps2dq`), and the integer
+/// comes from the bits: no float-to-int cast, whose saturating Rust semantics LLVM does not
+/// vectorise.
+#[inline(always)]
+pub(crate) fn round_u8(t: f32, zo: i32) -> u8 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32 + zo) as u8
+}
+
 /// Shape errors a kernel reports instead of panicking.
 #[derive(Debug, Error, PartialEq)]
 pub enum KernelError {

@@ -8,6 +8,7 @@
 
 use crate::isa;
 use crate::pool::Pool2dParams;
+use crate::round_u8;
 use crate::{shape_err, Activation, KernelError};
 use rayon::prelude::*;
 
@@ -25,7 +26,8 @@ impl Q {
 
     #[inline(always)]
     fn quantize(self, v: f32) -> u8 {
-        ((v / self.scale).round_ties_even() + self.zero_point as f32).clamp(0.0, 255.0) as u8
+        let z = self.zero_point as f32;
+        round_u8((v / self.scale).max(-z).min(255.0 - z), self.zero_point)
     }
 }
 
@@ -36,7 +38,7 @@ fn quantize_body(x: &[f32], q: Q, out: &mut [u8]) {
     let inv = 1.0 / q.scale;
     let z = q.zero_point as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v * inv).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+        *o = round_u8((v * inv).max(-z).min(255.0 - z), q.zero_point);
     }
 }
 crate::isa::multiversion!(fn quantize_slice(x: &[f32], q: Q, out: &mut [u8]) => quantize_body);
@@ -224,14 +226,14 @@ fn binary_body(x: &[u8], y: &[u8], p: &BinArgs, o: &mut [u8]) {
             let (ma, mb) = (p.a.scale / p.out.scale, p.b.scale / p.out.scale);
             for j in 0..len {
                 let t = (x[j] as i32 - za) as f32 * ma + (y[j] as i32 - zb) as f32 * mb;
-                o[j] = (t.max(lo).min(hi).round_ties_even() + zo) as u8;
+                o[j] = round_u8(t.max(lo).min(hi), p.out.zero_point);
             }
         }
         QBinary::Mul => {
             let m = p.a.scale * p.b.scale / p.out.scale;
             for j in 0..len {
                 let t = ((x[j] as i32 - za) * (y[j] as i32 - zb)) as f32 * m;
-                o[j] = (t.max(lo).min(hi).round_ties_even() + zo) as u8;
+                o[j] = round_u8(t.max(lo).min(hi), p.out.zero_point);
             }
         }
     }
@@ -283,17 +285,104 @@ pub fn binary(
         ));
     }
     let per_image = a.len() / images;
+    // chunks of whole pixels inside one image
+    let rows = (CHUNK / channels).max(1) * channels;
     o.par_chunks_mut(per_image)
         .zip(a.par_chunks(per_image))
         .enumerate()
         .for_each(|(i, (o, x))| {
             let y = &b[i * channels..(i + 1) * channels];
-            for (oc, xc) in o.chunks_mut(channels).zip(x.chunks(channels)) {
-                binary_slice(isa, xc, y, &p, oc);
-            }
+            o.par_chunks_mut(rows)
+                .zip(x.par_chunks(rows))
+                .for_each(|(o, x)| scale_channels(isa, x, y, &p, o));
         });
     Ok(o)
 }
+
+/// `x (op) b[c]` per channel of NHWC pixels (a squeeze-excitation scale): one float factor
+/// per channel, `(b - zb) * sa * sb / so` for a product, `(b - zb) * sb / so` for a sum.
+#[inline(always)]
+fn scale_channels_body(x: &[u8], b: &[u8], p: &BinArgs, o: &mut [u8]) {
+    let c = b.len();
+    let add = p.op == QBinary::Add;
+    let ma = p.a.scale / p.out.scale;
+    let m = if add {
+        p.b.scale
+    } else {
+        p.a.scale * p.b.scale
+    } / p.out.scale;
+    let f: Vec<f32> = b
+        .iter()
+        .map(|&v| (v as i32 - p.b.zero_point) as f32 * m)
+        .collect();
+    let za = p.a.zero_point;
+    let zo = p.out.zero_point as f32;
+    let (lo, hi) = (if p.relu { 0.0f32.max(-zo) } else { -zo }, 255.0 - zo);
+    for (op, xp) in o.chunks_mut(c).zip(x.chunks(c)) {
+        let (op, xp, f) = (&mut op[..c], &xp[..c], &f[..c]);
+        if add {
+            for j in 0..c {
+                let t = (xp[j] as i32 - za) as f32 * ma + f[j];
+                op[j] = round_u8(t.max(lo).min(hi), p.out.zero_point);
+            }
+        } else {
+            for j in 0..c {
+                let t = (xp[j] as i32 - za) as f32 * f[j];
+                op[j] = round_u8(t.max(lo).min(hi), p.out.zero_point);
+            }
+        }
+    }
+}
+crate::isa::multiversion!(fn scale_channels(x: &[u8], b: &[u8], p: &BinArgs, o: &mut [u8]) => scale_channels_body);
+
+/// Per-channel affine map of NHWC pixels (an unfolded BatchNorm, e.g. DenseNet's pre-activation
+/// BN): `y = x * scale[c] + shift[c]` in real units, requantized from `input` to `out`, with an
+/// optional ReLU.
+pub fn channel_affine(
+    x: &[u8],
+    input: Q,
+    scale: &[f32],
+    shift: &[f32],
+    out: Q,
+    relu: bool,
+) -> Result<Vec<u8>, KernelError> {
+    let c = scale.len();
+    if c == 0 || shift.len() != c || !x.len().is_multiple_of(c) {
+        return Err(shape_err(
+            "channel_affine",
+            format!(
+                "{} values do not split into pixels of {c} channels",
+                x.len()
+            ),
+        ));
+    }
+    // t = (x - zx) * f[c] + g[c], in output units
+    let f: Vec<f32> = scale.iter().map(|s| input.scale * s / out.scale).collect();
+    let g: Vec<f32> = shift.iter().map(|s| s / out.scale).collect();
+    let isa = isa::current();
+    let mut o = vec![0u8; x.len()];
+    let rows = (CHUNK / c).max(1) * c;
+    o.par_chunks_mut(rows)
+        .zip(x.par_chunks(rows))
+        .for_each(|(o, x)| affine_rows(isa, x, &f, &g, input.zero_point, out.zero_point, relu, o));
+    Ok(o)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn affine_body(x: &[u8], f: &[f32], g: &[f32], zx: i32, zo: i32, relu: bool, o: &mut [u8]) {
+    let c = f.len();
+    let zf = zo as f32;
+    let (lo, hi) = (if relu { 0.0f32.max(-zf) } else { -zf }, 255.0 - zf);
+    for (op, xp) in o.chunks_mut(c).zip(x.chunks(c)) {
+        let (op, xp, f, g) = (&mut op[..c], &xp[..c], &f[..c], &g[..c]);
+        for j in 0..c {
+            let t = (xp[j] as i32 - zx) as f32 * f[j] + g[j];
+            op[j] = round_u8(t.max(lo).min(hi), zo);
+        }
+    }
+}
+crate::isa::multiversion!(fn affine_rows(x: &[u8], f: &[f32], g: &[f32], zx: i32, zo: i32, relu: bool, o: &mut [u8]) => affine_body);
 
 /// NHWC max pooling (the output keeps the input's quantization).
 pub fn max_pool(
@@ -381,7 +470,7 @@ fn avg_windows(
         let zo = out.zero_point as f32;
         for (d, &s) in o.iter_mut().zip(&acc) {
             let t = (s - count * input.zero_point) as f32 * m;
-            *d = (t.round_ties_even() + zo).clamp(0.0, 255.0) as u8;
+            *d = round_u8(t.max(-zo).min(255.0 - zo), out.zero_point);
         }
     });
     y
@@ -647,6 +736,25 @@ mod tests {
                 prop_assert_eq!(y[p * (c + 1) + c], t[x[p * c + c - 1] as usize]);
             }
         }
+    }
+
+    #[test]
+    fn channel_affine_matches_the_float_formula() {
+        let (qi, qo) = (Q::new(0.05, 100), Q::new(0.03, 20));
+        let (scale, shift) = ([0.5f32, -1.0, 2.0], [0.1f32, 0.0, -0.3]);
+        let x = bytes(3 * 50, 3);
+        for relu in [false, true] {
+            let y = channel_affine(&x, qi, &scale, &shift, qo, relu).unwrap();
+            for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
+                let mut v = (a as f32 - 100.0) * 0.05 * scale[i % 3] + shift[i % 3];
+                if relu {
+                    v = v.max(0.0);
+                }
+                let want = ((v / 0.03).round() + 20.0).clamp(0.0, 255.0);
+                assert!((b as f32 - want).abs() <= 1.0, "{b} vs {want}");
+            }
+        }
+        assert!(channel_affine(&x[..7], qi, &scale, &shift, qo, false).is_err());
     }
 
     #[test]

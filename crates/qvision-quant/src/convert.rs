@@ -86,9 +86,35 @@ struct Ctx<'a> {
     to_u8: HashMap<(ValueId, Layout), ValueId>,
     to_f32: HashMap<ValueId, ValueId>,
     values: Vec<QuantizedValue>,
+    /// Values whose ReLU reader was fused into the node that computes them.
+    relu_done: std::collections::HashSet<ValueId>,
 }
 
 impl Ctx<'_> {
+    /// The ops of the nodes that read `v`.
+    fn readers(&self, v: ValueId) -> Vec<Op> {
+        let mut r: Vec<Op> = self
+            .g
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&v))
+            .map(|n| n.op.clone())
+            .collect();
+        if self.g.outputs.contains(&v) {
+            r.push(Op::Dropout { p: 0.0 });
+        }
+        r
+    }
+
+    /// The output of the single node that reads `v`.
+    fn reader_output(&self, v: ValueId) -> Option<ValueId> {
+        let mut it = self.g.nodes.iter().filter(|n| n.inputs.contains(&v));
+        match (it.next(), it.next()) {
+            (Some(n), None) => n.outputs.first().copied(),
+            _ => None,
+        }
+    }
+
     fn value(&mut self, name: String, dtype: DType) -> ValueId {
         self.out.values.push(Value {
             name,
@@ -333,6 +359,50 @@ impl Ctx<'_> {
                     self.emit(node, op, vec![xin, w, b, s], &[(qy, Plain)]);
                 }
             }
+            Op::Act(qvision_graph::Activation::Relu) if self.relu_done.contains(&x) => {
+                // already applied by the BatchNorm before it
+                let r = self.get(x);
+                self.repr.insert(y, r);
+            }
+            Op::BatchNorm2d { eps } if u8_in == Some(Nhwc) => {
+                // an unfolded BN (DenseNet's pre-activation): a per-channel affine map, with the
+                // ReLU after it when that is its only reader
+                let relu_after =
+                    self.readers(y).as_slice() == [Op::Act(qvision_graph::Activation::Relu)];
+                let out_v = if relu_after {
+                    self.reader_output(y)
+                } else {
+                    Some(y)
+                };
+                let Some(qy) = out_v.and_then(|v| self.observed(v)) else {
+                    return Ok(false);
+                };
+                let p: Vec<&[f32]> = node.inputs[1..5]
+                    .iter()
+                    .map(|&i| self.f32_tensor(i))
+                    .collect::<Result<_, _>>()?;
+                let (scale, shift) =
+                    qvision_kernels::norm::batch_norm_affine(p[0], p[1], p[2], p[3], *eps);
+                let c = scale.len();
+                let sid = self.constant(
+                    format!("{}.scale", node.name),
+                    Tensor::from_f32(vec![c], scale).map_err(shape_err)?,
+                );
+                let bid = self.constant(
+                    format!("{}.shift", node.name),
+                    Tensor::from_f32(vec![c], shift).map_err(shape_err)?,
+                );
+                let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");
+                let op = QOp::ChannelAffine {
+                    input: qp(qx),
+                    output: qp(qy),
+                    relu: relu_after,
+                };
+                self.emit(node, op, vec![xin, sid, bid], &[(qy, Nhwc)]);
+                if relu_after {
+                    self.relu_done.insert(y);
+                }
+            }
             Op::Act(a) => {
                 let (Some(l), Some(qx), Some(qy)) = (u8_in, self.qparams(x), self.observed(y))
                 else {
@@ -555,6 +625,7 @@ pub fn convert_with(
         to_u8: HashMap::new(),
         to_f32: HashMap::new(),
         values: vec![],
+        relu_done: Default::default(),
     };
     let mut report = ConvertReport::default();
     for node in &g.nodes {

@@ -291,10 +291,6 @@ impl PreparedQConv {
             .collect();
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
-        let clamp_only = self
-            .out
-            .act
-            .is_none_or(|a| matches!(a, Activation::Relu | Activation::Relu6));
         let e0 = self.epilogue(0, None);
         items.par_iter().for_each(|&(s, b, c)| {
             let pb = &packed[s];
@@ -330,7 +326,7 @@ impl PreparedQConv {
                 }
                 let c0 = s * cout_sg + col0;
                 let valid = MR.min(m - p0);
-                let fused = clamp_only.then(|| {
+                let fused = {
                     let mut o = [std::ptr::null_mut(); MR];
                     let mut r = [std::ptr::null(); MR];
                     for i in 0..valid {
@@ -352,8 +348,9 @@ impl PreparedQConv {
                         lo,
                         hi,
                         zo: e0.zo,
+                        act: e0.smooth(),
                     }
-                });
+                };
                 if run_tile(
                     isa,
                     &rows,
@@ -362,7 +359,7 @@ impl PreparedQConv {
                     &pb.data[off..],
                     nb,
                     &mut acc,
-                    fused.as_ref(),
+                    Some(&fused),
                 ) {
                     continue;
                 }
@@ -393,19 +390,12 @@ impl PreparedQConv {
         let p = &self.params;
         let c = g.cout;
         let zbuf = vec![self.out.za; c];
-        let clamp_only = self
-            .out
-            .act
-            .is_none_or(|a| matches!(a, Activation::Relu | Activation::Relu6));
         let e0 = self.epilogue(0, None);
         let (lo, hi) = e0.bounds();
         let row = g.ow * c;
         y.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
             let (bi, oy) = (r / g.oh, r % g.oh);
             let mut taps = vec![zbuf.as_ptr(); p.kernel[0] * p.kernel[1]];
-            let mut acc = vec![0i32; if clamp_only { 0 } else { c }];
-            let mut tmp = vec![0f32; if clamp_only { 0 } else { c }];
-            let zero = vec![0i32; if clamp_only { 0 } else { c }];
             for ox in 0..g.ow {
                 for ky in 0..p.kernel[0] {
                     let iy =
@@ -434,23 +424,13 @@ impl PreparedQConv {
                     hi,
                     zo: e0.zo,
                     residual: res.map(|(d, z, m)| (d.as_ptr(), z, m)),
+                    act: e0.smooth(),
                     out: out[at..at + c].as_mut_ptr(),
                 };
-                if clamp_only {
-                    // SAFETY: `isa` is AVX-512 VNNI (with F/BW/VL); every tap points at `c`
-                    // bytes (an input pixel or the zero-point buffer), the weights hold
-                    // taps x c values, and the output / residual slices hold `c` bytes.
-                    unsafe { dw_pixel(&px, None) };
-                } else {
-                    // SAFETY: as above; the sums land in `acc` (`c` values).
-                    unsafe { dw_pixel(&px, Some(&mut acc)) };
-                    // the shift is already in `acc`
-                    let e = Epilogue {
-                        shift: &zero,
-                        ..self.epilogue(0, res)
-                    };
-                    requant_row_body(&acc, &e, &mut tmp, &mut out[at..at + c]);
-                }
+                // SAFETY: `isa` is AVX-512 VNNI (with F/BW/VL); every tap points at `c` bytes
+                // (an input pixel or the zero-point buffer), the weights hold taps x c values,
+                // and the output / residual slices hold `c` bytes.
+                unsafe { dw_pixel(&px) };
             }
         });
     }

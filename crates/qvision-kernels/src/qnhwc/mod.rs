@@ -145,7 +145,7 @@ pub(crate) fn requant_row_body(acc: &[i32], e: &Epilogue<'_>, tmp: &mut [f32], o
     }
     let (lo, hi) = e.bounds();
     for j in 0..len {
-        out[j] = (tmp[j].max(lo).min(hi).round_ties_even() as i32 + e.zo) as u8;
+        out[j] = crate::round_u8(tmp[j].max(lo).min(hi), e.zo);
     }
 }
 
@@ -181,8 +181,7 @@ unsafe impl Send for RowPtr {}
 // SAFETY: as above.
 unsafe impl Sync for RowPtr {}
 
-/// A requantization done inside the SIMD tile (no activation other than ReLU / ReLU6 clamps):
-/// output and residual row pointers and the column parameters, `width` valid columns.
+/// A requantization done inside the SIMD tile: output and residual row pointers and the column parameters, `width` valid columns.
 pub(crate) struct Fused {
     pub out: [*mut u8; MR],
     pub residual: Option<([*const u8; MR], i32, f32)>,
@@ -193,6 +192,17 @@ pub(crate) struct Fused {
     pub lo: f32,
     pub hi: f32,
     pub zo: i32,
+    /// A smooth activation and the output scale (ReLU / ReLU6 are in `lo` / `hi`).
+    pub act: Option<(Activation, f32)>,
+}
+
+impl Epilogue<'_> {
+    /// The activation that is not a clamp, with the output scale.
+    pub(crate) fn smooth(&self) -> Option<(Activation, f32)> {
+        self.act
+            .filter(|a| !matches!(a, Activation::Relu | Activation::Relu6))
+            .map(|a| (a, self.out_scale))
+    }
 }
 
 /// Run one micro-tile: `rows[t*MR + i]` points at `cin` readable bytes (tap `t` of row `i`);

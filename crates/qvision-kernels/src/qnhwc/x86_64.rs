@@ -3,6 +3,22 @@
 use super::{Fused, RowPtr, MR, NBLK};
 use std::arch::x86_64::*;
 
+/// A smooth activation in real units on 16 lanes of output units: `f(y * s) / s`, through
+/// the portable loop (vectorised here), the same sequence as `requant_row_body`.
+#[inline(always)]
+fn smooth_act(y: __m512, act: Option<(crate::Activation, f32)>) -> __m512 {
+    let Some((a, s)) = act else { return y };
+    let mut buf = [0f32; 16];
+    // SAFETY: 16 floats fit `buf`.
+    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), y) };
+    let inv = 1.0 / s;
+    buf.iter_mut().for_each(|v| *v *= s);
+    crate::act::apply_slice_body(&mut buf, a);
+    buf.iter_mut().for_each(|v| *v *= inv);
+    // SAFETY: as above.
+    unsafe { _mm512_loadu_ps(buf.as_ptr()) }
+}
+
 /// Four activation bytes as one i32 lane value; the last quad of a tap may be partial (its
 /// weights are zero, but only `len` bytes may be read).
 #[inline(always)]
@@ -22,7 +38,7 @@ unsafe fn quad(p: *const u8, len: usize) -> i32 {
 /// # Safety
 /// The CPU supports AVX-512F/BW/VL/VNNI; `rows[t * MR + i]` has `cin` readable bytes for every
 /// tap `t < taps` and row `i < MR`; `b` holds `taps * ceil(cin/4) * NB * 64` packed bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub(crate) unsafe fn tile_vnni<const NB: usize>(
     rows: &[RowPtr],
     taps: usize,
@@ -74,7 +90,7 @@ pub(crate) unsafe fn tile_vnni<const NB: usize>(
 ///
 /// # Safety
 /// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `f.rows` rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
     // The epilogue in registers, the same IEEE sequence as `requant_row_body`:
     // (acc + shift) * mult [+ (r - zr) * mr], clamp, round half to even (MXCSR default), + zo.
@@ -111,6 +127,7 @@ unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
                 let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
                 y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
             }
+            let y = smooth_act(y, f.act);
             let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
             // SAFETY: output row i has `width` writable bytes here, owned by this tile.
@@ -140,18 +157,18 @@ pub(crate) struct DwPixel<'a> {
     pub hi: f32,
     pub zo: i32,
     pub residual: Option<(*const u8, i32, f32)>,
+    /// A smooth activation and the output scale (ReLU / ReLU6 are in `lo` / `hi`).
+    pub act: Option<(crate::Activation, f32)>,
     pub out: *mut u8,
 }
 
 /// # Safety
 /// AVX-512F/BW/VL are available; every tap pointer has `c` readable bytes, `w` holds
-/// `taps.len() * c` values, `shift`/`mult` `c` values, `out` (and the residual) `c` bytes. With
-/// `acc` given, the i32 sums (plus shift) land there instead and `out` is not written.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>, acc: Option<&mut [i32]>) {
+/// `taps.len() * c` values, `shift`/`mult` `c` values, `out` (and the residual) `c` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>) {
     let (lo, hi) = (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi));
     let zo = _mm512_set1_epi32(p.zo);
-    let mut acc = acc;
     let mut c0 = 0;
     while c0 < p.c {
         let valid = (p.c - c0).min(16);
@@ -169,11 +186,6 @@ pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>, acc: Option<&mut [i32]>) {
                 let wv = _mm512_maskz_loadu_epi32(m, p.w.as_ptr().add(t * p.c + c0).cast());
                 a = _mm512_add_epi32(a, _mm512_mullo_epi32(xv, wv));
             }
-            if let Some(buf) = acc.as_deref_mut() {
-                _mm512_mask_storeu_epi32(buf.as_mut_ptr().add(c0).cast(), m, a);
-                c0 += 16;
-                continue;
-            }
             let mv = _mm512_maskz_loadu_ps(m, p.mult.as_ptr().add(c0));
             let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mv);
             if let Some((r, zr, mr)) = p.residual {
@@ -181,6 +193,7 @@ pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>, acc: Option<&mut [i32]>) {
                 let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
                 y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
             }
+            let y = smooth_act(y, p.act);
             let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
             _mm_mask_storeu_epi8(p.out.add(c0).cast(), m, _mm512_cvtusepi32_epi8(q));
