@@ -6,7 +6,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qvision_graph::weights;
 use qvision_io::image_io::load_rgb;
 use qvision_quant::calibrate::ObserverKind;
-use qvision_quant::{quantize_ptq, Backend, QConfig};
+use qvision_quant::calibrate::{calibrate, Calibrator};
+use qvision_quant::{convert, prepare, report, Backend, QConfig, QConfigMapping, QScheme};
 use qvision_tensor::Tensor;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -38,6 +39,20 @@ pub struct Args {
     /// Output file (.qvm), written atomically.
     #[arg(long)]
     out: PathBuf,
+    /// Keep matching nodes in fp32: an op type (`Linear`, `Add`, `Hardswish`, ...) or a node
+    /// name with `*` wildcards (`features.0.*`). Repeatable.
+    #[arg(long)]
+    skip: Vec<String>,
+    /// Per-tensor weights for matching nodes (op type or name pattern). Repeatable.
+    #[arg(long)]
+    per_tensor: Vec<String>,
+    /// Per-channel weights for matching nodes (op type or name pattern). Repeatable.
+    #[arg(long)]
+    per_channel: Vec<String>,
+    /// Also print each int8 layer's output SQNR against fp32 (on up to 4 calibration inputs)
+    /// and the fp32 islands.
+    #[arg(long)]
+    report: bool,
     #[arg(long)]
     threads: Option<usize>,
     /// Print the report as JSON.
@@ -102,13 +117,32 @@ pub fn run(a: Args) -> Result<()> {
         v
     };
     let n = batches.len();
-    let (q, report) = quantize_ptq(
-        &model.graph,
-        batches,
-        observer,
-        QConfig::default_for(backend),
+    let global = QConfig::default_for(backend);
+    let mapping = qconfig_mapping(global, &a.skip, &a.per_tensor, &a.per_channel);
+    let prepared = prepare(&model.graph)?;
+    let mut cal = Calibrator::new(observer, global);
+    let held: Vec<Tensor> = batches.iter().take(4).cloned().collect();
+    let cal_bar = if std::io::stderr().is_terminal() && !a.json {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    cal_bar.set_style(
+        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len}").expect("template"),
+    );
+    calibrate(
+        &prepared,
+        batches.into_iter().inspect(|_| cal_bar.inc(1)),
         a.threads,
+        &mut cal,
     )?;
+    cal_bar.finish_and_clear();
+    let (q, report) = convert::convert(&prepared, &cal, &mapping)?;
+    let layers = if a.report {
+        report::layer_sqnr(&prepared, &q, &report, &held, a.threads)?
+    } else {
+        vec![]
+    };
     let summary = serde_json::json!({
         "model": a.model,
         "observer": a.observer,
@@ -117,20 +151,38 @@ pub fn run(a: Args) -> Result<()> {
         "int8_nodes": report.int8.len(),
         "fp32_nodes": report.fp32.iter().map(|(name, kind)| serde_json::json!({"node": name, "op": kind})).collect::<Vec<_>>(),
     });
+    let mut summary = summary;
+    if a.report {
+        summary["layers"] = serde_json::to_value(
+            layers
+                .iter()
+                .map(|l| serde_json::json!({"node": l.node, "op": l.kind, "sqnr_db": if l.sqnr_db.is_finite() { serde_json::json!(l.sqnr_db) } else { serde_json::Value::Null }}))
+                .collect::<Vec<_>>(),
+        )?;
+    }
     let bytes = qvision_graph::serialize::to_bytes(&q, qvm_meta(&a.model, &t, &summary))?;
     qvision_io::atomic::write(&a.out, &bytes)?;
     if a.json {
         return emit(&(serde_json::to_string(&summary)? + "\n"));
     }
     let mut s = format!(
-        "{}: {} convs in int8, {} nodes in fp32, calibrated on {n} images with the {} observer\nwrote {} ({:.1} MB)\n",
+        "{}: {} nodes in int8 ({} convs, {} linear), {} nodes in fp32, calibrated on {n} images with the {} observer\nwrote {} ({:.1} MB)\n",
         a.model,
         report.int8.len(),
+        report.int8_count("Conv2d"),
+        report.int8_count("Linear"),
         report.fp32.len(),
         a.observer,
         a.out.display(),
         bytes.len() as f64 / 1e6
     );
+    if a.report {
+        s += &format!("\n{:<44} {:<18} {:>9}\n", "int8 layer", "op", "SQNR dB");
+        for l in &layers {
+            s += &format!("{:<44} {:<18} {:>9.1}\n", l.node, l.kind, l.sqnr_db);
+        }
+        s += "\n";
+    }
     if !report.fp32.is_empty() {
         s += "fp32 islands:\n";
         for (name, kind) in &report.fp32 {
@@ -138,4 +190,39 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     emit(&s)
+}
+
+/// The qconfig per node from the command line's overrides: a pattern naming an op type
+/// (capitalised, no dots or wildcards) overrides that type, anything else is a node name pattern.
+fn qconfig_mapping(
+    global: QConfig,
+    skip: &[String],
+    per_tensor: &[String],
+    per_channel: &[String],
+) -> QConfigMapping {
+    let is_type = |p: &str| {
+        p.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !p.contains(['.', '*'])
+    };
+    let with = |scheme: QScheme| QConfig {
+        weight_scheme: scheme,
+        ..global
+    };
+    let mut m = QConfigMapping::new(global);
+    let rules = per_channel
+        .iter()
+        .map(|p| (p, Some(with(QScheme::PerChannelSymmetric))))
+        .chain(
+            per_tensor
+                .iter()
+                .map(|p| (p, Some(with(QScheme::PerTensorSymmetric)))),
+        )
+        .chain(skip.iter().map(|p| (p, None)));
+    for (p, q) in rules {
+        m = if is_type(p) {
+            m.set_object_type(p, q)
+        } else {
+            m.set_module_name(p, q)
+        };
+    }
+    m
 }

@@ -5,7 +5,7 @@ use crate::observer::{
     EntropyObserver, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer,
     PercentileObserver,
 };
-use crate::qconfig::QConfig;
+use crate::qconfig::{QConfig, QConfigMapping};
 use crate::qparams::QuantParams;
 use crate::QuantError;
 use qvision_graph::{Session, SessionOptions};
@@ -125,23 +125,44 @@ impl Calibrator {
     }
 }
 
-/// Run every batch through `graph` as it is (already prepared: see [`crate::prepare`]), in NCHW
-/// layout, and observe every node output.
-pub fn calibrate(
-    graph: &qvision_graph::Graph,
-    batches: impl IntoIterator<Item = Tensor>,
-    threads: Option<usize>,
-    cal: &mut Calibrator,
-) -> Result<usize, QuantError> {
-    let opts = SessionOptions {
-        threads,
-        blocked: Some(false),
-        ..Default::default()
-    };
-    let session = Session::new(graph, opts).map_err(|e| QuantError::Shape(e.to_string()))?;
-    let mut n = 0;
-    for batch in batches {
-        session
+/// A graph with an observer on every activation (PyTorch's prepared model): feed it
+/// calibration batches with [`Prepared::calibrate`], then [`Prepared::convert`] it to int8.
+/// The graph runs as given (NCHW, not re-fused), so what is observed is what converts.
+pub struct Prepared {
+    session: Session,
+    cal: Calibrator,
+    mapping: QConfigMapping,
+    batches: usize,
+}
+
+impl Prepared {
+    /// Attach observers of `kind` (activations follow the global qconfig of `mapping`).
+    pub fn new(
+        graph: &qvision_graph::Graph,
+        mapping: impl Into<QConfigMapping>,
+        kind: ObserverKind,
+        threads: Option<usize>,
+    ) -> Result<Self, QuantError> {
+        let mapping = mapping.into();
+        let opts = SessionOptions {
+            threads,
+            optimize: false,
+            blocked: Some(false),
+        };
+        let session = Session::new(graph, opts).map_err(|e| QuantError::Shape(e.to_string()))?;
+        Ok(Prepared {
+            session,
+            cal: Calibrator::new(kind, mapping.global),
+            mapping,
+            batches: 0,
+        })
+    }
+
+    /// Run one calibration batch (a forward pass that feeds every observer); returns the
+    /// graph's outputs.
+    pub fn calibrate(&mut self, batch: Tensor) -> Result<Vec<Tensor>, QuantError> {
+        let (session, cal) = (&self.session, &mut self.cal);
+        let out = session
             .run_observed(vec![batch], &mut |node, outs| {
                 for (v, t) in node.outputs.iter().zip(outs) {
                     if let Ok(x) = t.as_f32() {
@@ -152,9 +173,54 @@ pub fn calibrate(
                 }
             })
             .map_err(|e| QuantError::Shape(e.to_string()))?;
-        n += 1;
+        self.batches += 1;
+        Ok(out)
     }
-    Ok(n)
+
+    /// Calibration batches seen so far.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    pub fn calibrator(&self) -> &Calibrator {
+        &self.cal
+    }
+
+    /// The observed graph.
+    pub fn graph(&self) -> &qvision_graph::Graph {
+        self.session.graph()
+    }
+
+    /// PyTorch's `convert`: the int8 graph and what stayed fp32.
+    pub fn convert(
+        &self,
+    ) -> Result<(qvision_graph::Graph, crate::convert::ConvertReport), QuantError> {
+        if self.batches == 0 {
+            return Err(QuantError::Shape(
+                "convert before any calibration batch: run Prepared::calibrate first".into(),
+            ));
+        }
+        crate::convert::convert(self.graph(), &self.cal, &self.mapping)
+    }
+}
+
+/// Run every batch through `graph` as it is (already prepared: see [`crate::prepare`]), in NCHW
+/// layout, and observe every node output.
+pub fn calibrate(
+    graph: &qvision_graph::Graph,
+    batches: impl IntoIterator<Item = Tensor>,
+    threads: Option<usize>,
+    cal: &mut Calibrator,
+) -> Result<usize, QuantError> {
+    let mut p = Prepared::new(graph, cal.qconfig, cal.kind, threads)?;
+    p.cal = std::mem::replace(cal, Calibrator::new(cal.kind, cal.qconfig));
+    let mut n = 0;
+    let result = batches.into_iter().try_for_each(|b| {
+        n += 1;
+        p.calibrate(b).map(|_| ())
+    });
+    *cal = p.cal;
+    result.map(|_| n)
 }
 
 #[cfg(test)]
@@ -174,6 +240,7 @@ mod tests {
         let y = b.linear("fc", y, 256, 5, true);
         let mut g = b.finish(&[y]);
         weights::init_formula(&mut g);
+        let g = crate::prepare(&g).unwrap();
         let batches: Vec<Tensor> = (0..3)
             .map(|i| {
                 Tensor::from_f32(

@@ -14,6 +14,7 @@ pub mod qparams;
 pub mod quantize;
 pub mod report;
 
+pub use calibrate::Prepared;
 pub use observer::{
     EntropyObserver, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer,
     PerChannelMinMaxObserver, PercentileObserver,
@@ -37,11 +38,11 @@ pub fn quantize_ptq(
     qconfig: impl Into<QConfigMapping>,
     threads: Option<usize>,
 ) -> Result<(qvision_graph::Graph, convert::ConvertReport), QuantError> {
-    let mapping = qconfig.into();
-    let prepared = prepare(graph)?;
-    let mut cal = calibrate::Calibrator::new(observer, mapping.global);
-    calibrate::calibrate(&prepared, batches, threads, &mut cal)?;
-    convert::convert(&prepared, &cal, &mapping)
+    let mut p = calibrate::Prepared::new(&prepare(graph)?, qconfig, observer, threads)?;
+    for b in batches {
+        p.calibrate(b)?;
+    }
+    p.convert()
 }
 
 /// Signal-to-quantization-noise ratio in dB of `test` against `reference`.

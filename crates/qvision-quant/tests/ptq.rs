@@ -197,3 +197,70 @@ fn overrides_keep_nodes_in_fp32_or_per_tensor() {
         }
     }
 }
+
+/// The seed's section-7 sequence: build with `quantize=true` (fused), attach observers, run
+/// calibration batches, convert; with `skip_fuse` the BatchNorms and ReLUs convert on their own.
+#[test]
+fn builder_quantize_prepare_calibrate_convert() {
+    use qvision_quant::Prepared;
+    for skip_fuse in [false, true] {
+        let mut model = build(
+            "resnet18",
+            &ModelOptions {
+                weights: Weights::Formula,
+                quantize: true,
+                skip_fuse,
+                num_classes: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        qvision_graph::weights::init_formula_with_gain(&mut model.graph, LECUN_GAIN);
+        // formula values replace the folded ones: rebuild the fused graph from them
+        if model.fused {
+            model.graph = qvision_quant::prepare(&model.graph).unwrap();
+        }
+        assert!(model.quantizable);
+        assert_eq!(model.fused, !skip_fuse);
+        let bn = |g: &qvision_graph::Graph| {
+            g.nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::BatchNorm2d { .. }))
+                .count()
+        };
+        assert_eq!(bn(&model.graph) == 0, !skip_fuse, "fused graphs have no BN");
+        let mut p = Prepared::new(
+            &model.graph,
+            QConfig::default_for(Backend::X86),
+            ObserverKind::MinMax,
+            None,
+        )
+        .unwrap();
+        assert!(p.convert().is_err(), "convert needs calibration first");
+        for x in batches(3, 64, 100) {
+            p.calibrate(x).unwrap();
+        }
+        let (q, report) = p.convert().unwrap();
+        if skip_fuse {
+            assert!(
+                q.nodes
+                    .iter()
+                    .any(|n| matches!(n.op, Op::Q(QOp::ChannelAffine { .. }))),
+                "unfused BN runs in int8"
+            );
+        }
+        let fp = Session::new(&model.graph, SessionOptions::default()).unwrap();
+        let qs = Session::new(&q, SessionOptions::default()).unwrap();
+        let x = batches(1, 64, 7).remove(0);
+        let (a, b) = (
+            fp.run(vec![x.clone()]).unwrap().remove(0),
+            qs.run(vec![x]).unwrap().remove(0),
+        );
+        let db = sqnr_db(a.as_f32().unwrap(), b.as_f32().unwrap());
+        assert!(
+            db >= 20.0,
+            "skip_fuse={skip_fuse}: {db:.1} dB, fp32 {:?}",
+            report.fp32
+        );
+    }
+}

@@ -33,11 +33,14 @@ pub struct ModelOptions {
     /// torchvision's `progress` (a download bar). Accepted for the same call shape; qvision
     /// never downloads: weights come from local files.
     pub progress: bool,
-    /// Build a quantizable model (PTQ).
+    /// Build a quantizable model (PTQ): the graph comes back fused (conv+BN folded, ReLU and
+    /// residual adds in the conv epilogue), ready for `qvision_quant::Prepared`, as the seed's
+    /// `QuantizableX` builders call `fuse_model`.
     pub quantize: bool,
     /// Build for quantization-aware training (with `quantize`).
     pub is_qat: bool,
-    /// Do not fuse conv/bn/relu when quantizing.
+    /// Do not fuse conv/bn/relu when quantizing (BN then runs as an int8 per-channel affine
+    /// and activations as lookup tables).
     pub skip_fuse: bool,
     /// Strict state-dict loading: missing or unexpected keys are errors.
     pub strict: bool,
@@ -67,7 +70,7 @@ impl Default for ModelOptions {
 pub enum ZooError {
     #[error("unknown model '{0}' (run `qvision models` for the list)")]
     UnknownModel(String),
-    #[error("{model}: {what} is not supported yet (it arrives with the quantization work)")]
+    #[error("{model}: {what} is not supported yet (it arrives with the training / QAT work)")]
     NotYetSupported { model: String, what: &'static str },
     #[error("{model}: {source}")]
     Graph {
@@ -83,6 +86,9 @@ pub struct Model {
     pub info: &'static ModelInfo,
     pub graph: Graph,
     pub load_report: Option<qvision_graph::weights::LoadReport>,
+    /// Built with `quantize` (and fused unless `skip_fuse`).
+    pub quantizable: bool,
+    pub fused: bool,
 }
 
 /// The 1000 ImageNet class names, in torchvision's order.

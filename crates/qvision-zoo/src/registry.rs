@@ -992,10 +992,10 @@ pub fn find(name: &str) -> Result<&'static ModelInfo, ZooError> {
 /// Build a model by name, the way torchvision's `get_model(name, weights=...)` does.
 pub fn build(name: &str, opts: &ModelOptions) -> Result<Model, ZooError> {
     let info = find(name)?;
-    if opts.quantize || opts.is_qat {
+    if opts.is_qat {
         return Err(ZooError::NotYetSupported {
             model: name.to_string(),
-            what: if opts.is_qat { "is_qat" } else { "quantize" },
+            what: "is_qat",
         });
     }
     let mut opts = opts.clone();
@@ -1018,9 +1018,20 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Model, ZooError> {
             })?,
         ),
     };
+    let fused = opts.quantize && !opts.skip_fuse;
+    if fused {
+        graph = qvision_graph::passes::optimize_for_inference(&graph).map_err(|source| {
+            ZooError::Graph {
+                model: name.to_string(),
+                source,
+            }
+        })?;
+    }
     Ok(Model {
         info,
         graph,
         load_report,
+        quantizable: opts.quantize,
+        fused,
     })
 }
