@@ -386,17 +386,78 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        use super::x86_64::{dw_pixel, DwPixel};
+        use super::x86_64::{dw_pixel, dw_run, DwPixel, DwRun};
         let p = &self.params;
         let c = g.cout;
         let zbuf = vec![self.out.za; c];
         let e0 = self.epilogue(0, None);
         let (lo, hi) = e0.bounds();
         let row = g.ow * c;
+        // square 3x3 / 5x5 kernels: interior pixels run with the weights in registers
+        let k = p.kernel[0];
+        let run_k = (p.kernel[0] == p.kernel[1]
+            && (k == 3 || k == 5)
+            && p.stride[0] == p.stride[1]
+            && p.dilation[0] == p.dilation[1]
+            && p.padding[0] == p.padding[1])
+            .then_some(k);
+        let (s, d, pad) = (p.stride[1], p.dilation[1], p.padding[1]);
+        let ox_lo = pad.div_ceil(s).min(g.ow);
+        // last interior ox: ox*s + (k-1)*d - pad <= w - 1
+        let ox_hi = ((g.w + pad).checked_sub(1 + (k - 1) * d))
+            .map_or(0, |v| v / s + 1)
+            .min(g.ow)
+            .max(ox_lo);
+        let zrow = vec![self.out.za; g.w * c];
         y.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
             let (bi, oy) = (r / g.oh, r % g.oh);
             let mut taps = vec![zbuf.as_ptr(); p.kernel[0] * p.kernel[1]];
-            for ox in 0..g.ow {
+            let res_row = residual.map(|(d, z, m)| (&d[r * row..(r + 1) * row], z, m));
+            let interior = match run_k {
+                Some(k) if ox_hi > ox_lo => {
+                    let mut rows = [zrow.as_ptr(); 5];
+                    for (ky, rp) in rows.iter_mut().enumerate().take(k) {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        if iy >= 0 && (iy as usize) < g.h {
+                            let at = (bi * g.h + iy as usize) * g.w * c;
+                            *rp = x[at..at + g.w * c].as_ptr();
+                        }
+                    }
+                    let run = DwRun {
+                        rows,
+                        c,
+                        stride: s,
+                        dilation: d,
+                        pad,
+                        ox0: ox_lo,
+                        ox1: ox_hi,
+                        w: wt,
+                        shift: shift_zp,
+                        mult: &self.out.multiplier,
+                        lo,
+                        hi,
+                        zo: e0.zo,
+                        residual: res_row.map(|(d, z, m)| (d.as_ptr(), z, m)),
+                        act: e0.smooth(),
+                        out: out.as_mut_ptr(),
+                    };
+                    // SAFETY: AVX-512 (with AVX2/FMA) was detected for this int8 level; every
+                    // row is a full input row or the zero-point row, the interior range keeps
+                    // all taps inside the row, weights hold k*k*c values and the output and
+                    // residual rows ow*c bytes.
+                    unsafe {
+                        if k == 3 {
+                            dw_run::<3>(&run)
+                        } else {
+                            dw_run::<5>(&run)
+                        }
+                    };
+                    ox_lo..ox_hi
+                }
+                _ => 0..0,
+            };
+            for ox in (0..g.ow).filter(|ox| !interior.contains(ox)) {
                 for ky in 0..p.kernel[0] {
                     let iy =
                         (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
@@ -413,7 +474,7 @@ impl PreparedQConv {
                     }
                 }
                 let at = ox * c;
-                let res = residual.map(|(d, z, m)| (&d[r * row + at..r * row + at + c], z, m));
+                let res = res_row.map(|(d, z, m)| (&d[at..at + c], z, m));
                 let px = DwPixel {
                     taps: &taps,
                     c,

@@ -201,3 +201,89 @@ pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>) {
         c0 += 16;
     }
 }
+
+/// A run of interior output pixels of one depthwise output row (every tap inside the input
+/// columns): `rows[ky]` is the start of input row `ky` (or of a zero-point row for padding).
+pub(crate) struct DwRun<'a> {
+    pub rows: [*const u8; 5],
+    pub c: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad: usize,
+    pub ox0: usize,
+    pub ox1: usize,
+    /// `[tap][channel]` weights.
+    pub w: &'a [i32],
+    /// `bias - za * sum over taps of w`.
+    pub shift: &'a [i32],
+    pub mult: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+    pub zo: i32,
+    /// Start of the residual's output row.
+    pub residual: Option<(*const u8, i32, f32)>,
+    pub act: Option<(crate::Activation, f32)>,
+    /// Start of the output row.
+    pub out: *mut u8,
+}
+
+/// # Safety
+/// AVX-512F/BW/VL, AVX2 and FMA are available; `K <= 5`; every row pointer has a full input
+/// row (`(ox1 - 1) * stride + (K - 1) * dilation - pad < width` pixels of `c` bytes) for
+/// `ox0 * stride >= pad`; `w` holds `K * K * c` values, `shift`/`mult` `c`, and the output and
+/// residual rows `ox1 * c` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn dw_run<const K: usize>(p: &DwRun<'_>) {
+    let (lo, hi) = (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi));
+    let zo = _mm512_set1_epi32(p.zo);
+    let c = p.c;
+    let mut c0 = 0;
+    while c0 < c {
+        let valid = (c - c0).min(16);
+        let m: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            ((1u32 << valid) - 1) as u16
+        };
+        // SAFETY (all loads and stores below): the mask keeps every access inside the `valid`
+        // channels from c0 of the ranges the caller guarantees.
+        unsafe {
+            let mut wv = [[_mm512_setzero_si512(); K]; K];
+            for (ky, row) in wv.iter_mut().enumerate() {
+                for (kx, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_epi32(
+                        m,
+                        p.w.as_ptr().add((ky * K + kx) * c + c0).cast(),
+                    );
+                }
+            }
+            let shift = _mm512_maskz_loadu_epi32(m, p.shift.as_ptr().add(c0).cast());
+            let mv = _mm512_maskz_loadu_ps(m, p.mult.as_ptr().add(c0));
+            for ox in p.ox0..p.ox1 {
+                let mut a = shift;
+                let base = ox * p.stride - p.pad;
+                for (ky, row) in wv.iter().enumerate() {
+                    for (kx, wk) in row.iter().enumerate() {
+                        let at = (base + kx * p.dilation) * c + c0;
+                        let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                            m,
+                            p.rows[ky].add(at).cast(),
+                        ));
+                        a = _mm512_add_epi32(a, _mm512_mullo_epi32(xv, *wk));
+                    }
+                }
+                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mv);
+                if let Some((r, zr, mr)) = p.residual {
+                    let rb = _mm_maskz_loadu_epi8(m, r.add(ox * c + c0).cast());
+                    let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
+                    y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
+                }
+                let y = smooth_act(y, p.act);
+                let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+                let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
+                _mm_mask_storeu_epi8(p.out.add(ox * c + c0).cast(), m, _mm512_cvtusepi32_epi8(q));
+            }
+        }
+        c0 += 16;
+    }
+}
