@@ -6,8 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qvision_graph::weights;
 use qvision_io::image_io::load_rgb;
 use qvision_quant::calibrate::ObserverKind;
-use qvision_quant::calibrate::{calibrate, Calibrator};
-use qvision_quant::{convert, prepare, report, Backend, QConfig, QConfigMapping, QScheme};
+use qvision_quant::{prepare, report, Backend, Prepared, QConfig, QConfigMapping, QScheme};
 use qvision_tensor::Tensor;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -76,13 +75,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let t = eval_transform(model.info, None, None);
     let shape = vec![1, 3, t.crop, t.crop];
-    let batches: Vec<Tensor> = if a.calib == "synthetic" {
-        (0..a.samples)
-            .map(|i| {
-                let v = weights::formula_uniform(i as u64, 3 * t.crop * t.crop);
-                Tensor::from_f32(shape.clone(), v.into_iter().map(|x| x * 4.0).collect())
-            })
-            .collect::<Result<_, _>>()?
+    // Inputs are made (decoded) one at a time during calibration: memory stays at one image.
+    let files: Vec<PathBuf> = if a.calib == "synthetic" {
+        vec![]
     } else {
         let dir = PathBuf::from(&a.calib);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -99,50 +94,55 @@ pub fn run(a: Args) -> Result<()> {
         if files.is_empty() {
             anyhow::bail!("{}: no JPEG or PNG images to calibrate with", dir.display());
         }
-        let bar = if std::io::stderr().is_terminal() && !a.json {
-            ProgressBar::new(files.len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("calibration images {bar:30} {pos}/{len}")
-                .expect("template"),
-        );
-        let mut v = Vec::with_capacity(files.len());
-        for f in &files {
-            v.push(t.apply(&load_rgb(f)?).reshape(shape.clone())?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        v
+        files
     };
-    let n = batches.len();
+    let n = if files.is_empty() {
+        a.samples
+    } else {
+        files.len()
+    };
+    let input = |i: usize| -> Result<Tensor> {
+        if files.is_empty() {
+            let v = weights::formula_uniform(i as u64, 3 * t.crop * t.crop);
+            Ok(Tensor::from_f32(
+                shape.clone(),
+                v.into_iter().map(|x| x * 4.0).collect(),
+            )?)
+        } else {
+            Ok(t.apply(&load_rgb(&files[i])?).reshape(shape.clone())?)
+        }
+    };
     let global = QConfig::default_for(backend);
     let mapping = qconfig_mapping(global, &a.skip, &a.per_tensor, &a.per_channel);
     let prepared = prepare(&model.graph)?;
-    let mut cal = Calibrator::new(observer, global);
-    let held: Vec<Tensor> = batches.iter().take(4).cloned().collect();
+    drop(model.graph);
+    let held: Vec<Tensor> = if a.report {
+        (0..n.min(4)).map(input).collect::<Result<_>>()?
+    } else {
+        vec![]
+    };
     let cal_bar = if std::io::stderr().is_terminal() && !a.json {
         ProgressBar::new(n as u64)
     } else {
         ProgressBar::hidden()
     };
     cal_bar.set_style(
-        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len}").expect("template"),
+        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} images").expect("template"),
     );
-    calibrate(
-        &prepared,
-        batches.into_iter().inspect(|_| cal_bar.inc(1)),
-        a.threads,
-        &mut cal,
-    )?;
+    let mut p = Prepared::new(&prepared, mapping.clone(), observer, a.threads)?;
+    drop(prepared);
+    for i in 0..n {
+        p.calibrate(input(i)?)?;
+        cal_bar.inc(1);
+    }
     cal_bar.finish_and_clear();
-    let (q, report) = convert::convert(&prepared, &cal, &mapping)?;
+    let (q, report) = p.convert()?;
     let layers = if a.report {
-        report::layer_sqnr(&prepared, &q, &report, &held, a.threads)?
+        report::layer_sqnr(p.graph(), &q, &report, &held, a.threads)?
     } else {
         vec![]
     };
+    drop(p);
     let summary = serde_json::json!({
         "model": a.model,
         "observer": a.observer,

@@ -91,6 +91,14 @@ fn bad_input_gets_clear_errors() {
 
     let out = qvision(&["bench", "resnet18", "--precision", "int4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--precision int4"));
+    let out = qvision(&["bench", "missing.qvm", "--precision", "int8"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.qvm") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = qvision(&["bench", "resnet18", "--precision", "int4"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision int4"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -159,5 +167,136 @@ fn quantize_writes_a_qvm_that_predict_runs() {
         "x.qvm",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown observer 'median'"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_both_adds_int8_and_ratio() {
+    let out = qvision(&[
+        "bench",
+        "squeezenet1_1",
+        "--precision",
+        "both",
+        "--json",
+        "--threads",
+        "1",
+        "--size",
+        "64",
+        "--warmup",
+        "1",
+        "--iters",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "model", "threads", "batch", "fp32_ms", "int8_ms", "ratio", "isa",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    let ratio = v["int8_ms"].as_f64().unwrap() / v["fp32_ms"].as_f64().unwrap();
+    assert!((ratio - v["ratio"].as_f64().unwrap()).abs() < 1e-9);
+}
+
+#[test]
+fn bench_table_writes_docs_and_chart() {
+    let dir = std::env::temp_dir().join(format!("qv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let md = dir.join("BENCH.md");
+    std::fs::write(&md, "# Benchmarks\n\nkept text\n").unwrap();
+    let svg = dir.join("ratios.svg");
+    let args = [
+        "bench",
+        "--models",
+        "squeezenet1_1,mobilenet_v3_small",
+        "--precision",
+        "both",
+        "--threads",
+        "1",
+        "--size",
+        "64",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--write-docs",
+        md.to_str().unwrap(),
+        "--chart",
+        svg.to_str().unwrap(),
+    ];
+    for _ in 0..2 {
+        let out = qvision(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            table.contains("| model | fp32 (ms) | int8 (ms) | int8 / fp32 |"),
+            "{table}"
+        );
+    }
+    let doc = std::fs::read_to_string(&md).unwrap();
+    assert!(doc.starts_with("# Benchmarks\n\nkept text\n"), "{doc}");
+    // written twice, one section
+    assert_eq!(doc.matches("| mobilenet_v3_small |").count(), 1, "{doc}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("squeezenet1_1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantize_report_lists_layers_and_honours_overrides() {
+    let dir = std::env::temp_dir().join(format!("qv-qrep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let qvm = dir.join("m.qvm");
+    let out = qvision(&[
+        "quantize",
+        "resnet18",
+        "--random-weights",
+        "--calib",
+        "synthetic",
+        "--samples",
+        "2",
+        "--observer",
+        "minmax",
+        "--skip",
+        "Linear",
+        "--skip",
+        "layer4.1.*",
+        "--per-tensor",
+        "layer1.*",
+        "--report",
+        "--out",
+        qvm.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fp32: Vec<&str> = v["fp32_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert!(
+        fp32.contains(&"fc") && fp32.contains(&"layer4.1.conv2"),
+        "{fp32:?}"
+    );
+    let layers = v["layers"].as_array().unwrap();
+    assert!(layers.len() > 15, "{v}");
+    for l in layers {
+        let db = l["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        assert!(db > 10.0, "{l}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
