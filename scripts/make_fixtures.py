@@ -9,6 +9,7 @@ outputs are committed under fixtures/. Requires torch, torchvision, numpy, pillo
   python scripts/make_fixtures.py weights             # fixtures/weights/* (pth zip/legacy, safetensors)
   python scripts/make_fixtures.py preprocess          # fixtures/preprocess/*
   python scripts/make_fixtures.py real IMAGE_DIR WEIGHTS  # fixtures/real/mobilenet_v2_foolbox.json
+  python scripts/make_fixtures.py onnx                # fixtures/onnx/* (torch.onnx exports, an ORT QDQ model)
 
 Parity fixtures use "formula weights": every state-dict entry is computed from its key and
 shape by the rule below, which qvision implements identically in
@@ -310,6 +311,57 @@ def observers():
         json.dump(res, f, indent=1)
 
 
+def onnx_fixtures():
+    """Small torchvision ONNX exports (as users make them: torch.onnx.export with constant
+    folding) with formula weights, their PyTorch outputs, and a QDQ model made by ONNX Runtime's
+    quantize_static with ONNX Runtime's outputs."""
+    import torch
+    import onnxruntime as ort
+    from onnxruntime import quantization as oq
+
+    out = "fixtures/onnx"
+    os.makedirs(out, exist_ok=True)
+    cases = [
+        ("squeezenet1_1", 13, True, 96),
+        ("mobilenet_v3_small", 17, False, 96),
+        ("shufflenet_v2_x0_5", 11, False, 64),
+    ]
+    meta = {}
+    for name, opset, dynamic, size in cases:
+        import torchvision
+
+        m = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+        fill_formula(m, gain=12.0)
+        x = formula_uniform(7, 2 * 3 * size * size).reshape(2, 3, size, size).astype(np.float32) * 4
+        path = f"{out}/{name}_opset{opset}.onnx"
+        kw = dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}) if dynamic else {}
+        torch.onnx.export(m, torch.from_numpy(x[:1]), path, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], do_constant_folding=True, dynamo=False, **kw)
+        with torch.no_grad():
+            y = m(torch.from_numpy(x if dynamic else x[:1])).numpy()
+        meta[name] = dict(file=os.path.basename(path), opset=opset, size=size, batch=int(y.shape[0]),
+                          input_seed=7, input_scale=4.0, logits=y.reshape(-1).tolist())
+    # ONNX Runtime's own int8 QDQ model of squeezenet1_1
+    src = f"{out}/squeezenet1_1_opset13.onnx"
+
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self.items = [dict(input=(formula_uniform(100 + i, 3 * 96 * 96).reshape(1, 3, 96, 96) * 4).astype(np.float32)) for i in range(8)]
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    qdq = f"{out}/squeezenet1_1_qdq.onnx"
+    oq.quantize_static(src, qdq, Reader(), quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                       activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
+    s = ort.InferenceSession(qdq, providers=["CPUExecutionProvider"])
+    x = (formula_uniform(7, 2 * 3 * 96 * 96).reshape(2, 3, 96, 96) * 4).astype(np.float32)
+    y = s.run(None, {"input": x})[0]
+    meta["squeezenet1_1_qdq"] = dict(file=os.path.basename(qdq), opset=13, size=96, batch=2,
+                                     input_seed=7, input_scale=4.0, logits=y.reshape(-1).tolist())
+    with open(f"{out}/expected.json", "w") as f:
+        json.dump(meta, f)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "parity"
     if cmd == "parity":
@@ -322,6 +374,8 @@ if __name__ == "__main__":
         preprocess()
     elif cmd == "observers":
         observers()
+    elif cmd == "onnx":
+        onnx_fixtures()
     elif cmd == "real":
         real(sys.argv[2], sys.argv[3])
     else:

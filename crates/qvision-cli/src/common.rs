@@ -142,3 +142,64 @@ pub fn load_qvm(path: &Path) -> Result<(qvision_graph::Graph, EvalTransform)> {
     })?;
     Ok((g, transform))
 }
+
+/// An imported ONNX file and the eval transform torchvision would apply to its input size:
+/// antialiased bilinear resize of the short side to 256/224 of the input, center crop, ImageNet
+/// mean/std.
+pub fn load_onnx(path: &Path) -> Result<(qvision_onnx::Imported, EvalTransform)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let imp = qvision_onnx::import(&bytes, &path.display().to_string())?;
+    let s = &imp.input_shape;
+    if s.len() != 4 || s[1] != 3 || s[2] != s[3] {
+        anyhow::bail!(
+            "{}: input shape {s:?} is not a square RGB image [n, 3, s, s]",
+            path.display()
+        );
+    }
+    let crop = s[2];
+    let t = EvalTransform {
+        resize: (crop * 256 + 112) / 224,
+        crop,
+        filter: Filter::Bilinear,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+    Ok((imp, t))
+}
+
+/// Is this model argument an ONNX file?
+pub fn is_onnx(model: &str) -> bool {
+    model.to_ascii_lowercase().ends_with(".onnx")
+}
+
+/// The graph a model argument names, and its eval transform: a zoo name (weights from a file,
+/// or formula weights when `formula`), a `.qvm` (int8), or an `.onnx` (a QDQ file runs on the
+/// int8 kernels).
+pub fn load_any(
+    model: &str,
+    weights: Option<&Path>,
+    strict: bool,
+    formula: bool,
+) -> Result<(qvision_graph::Graph, EvalTransform)> {
+    if model.ends_with(".qvm") {
+        return load_qvm(Path::new(model));
+    }
+    if is_onnx(model) {
+        let (imp, t) = load_onnx(Path::new(model))?;
+        let g = if imp.is_quantized() {
+            imp.int8()?.0
+        } else {
+            imp.graph
+        };
+        return Ok((g, t));
+    }
+    let mut m = build_model(model, weights, strict)?;
+    if weights.is_none() {
+        if !formula {
+            anyhow::bail!("--weights FILE is required for a zoo model ('{model}')");
+        }
+        qvision_graph::weights::init_formula(&mut m.graph);
+    }
+    let t = eval_transform(m.info, None, None);
+    Ok((m.graph, t))
+}

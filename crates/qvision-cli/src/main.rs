@@ -1,8 +1,10 @@
-//! `qvision`: list, run, benchmark (and soon quantize and export) vision models.
+//! `qvision`: list, run, benchmark, quantize, export and import vision models.
 
 mod bench;
 mod common;
 mod eval;
+mod export;
+mod import;
 mod models;
 mod predict;
 mod quantize;
@@ -33,6 +35,10 @@ enum Command {
     Quantize(quantize::Args),
     /// fp32 and int8 accuracy on labelled images, agreement and SQNR.
     Eval(eval::Args),
+    /// Write a model as ONNX (fp32, or int8 QDQ).
+    Export(export::Args),
+    /// Read an ONNX file: what it holds; optionally save it as .qvm.
+    Import(import::Args),
 }
 
 fn main() {
@@ -43,6 +49,8 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Import(a) => import::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -363,6 +363,11 @@ impl GraphBuilder {
         self.node1(name, Op::Dropout { p }, &[x])
     }
 
+    /// The name of a value made so far.
+    pub fn value_name(&self, v: ValueId) -> String {
+        self.g.values[v.0].name.clone()
+    }
+
     /// Finish with the given outputs.
     pub fn finish(mut self, outputs: &[ValueId]) -> Graph {
         self.g.outputs = outputs.to_vec();

@@ -75,7 +75,7 @@ pub(crate) fn prepare(g: &Graph, n: &Node, op: &QOp) -> Result<QPrepared, GraphE
             };
             conv(params, *input, *output, *act)?
         }
-        QOp::Lut { table } => {
+        QOp::Lut { table, .. } => {
             let t: [u8; 256] = table
                 .as_slice()
                 .try_into()

@@ -71,6 +71,13 @@ pub enum QOp {
     /// `[x]`: a byte table (an activation, or a requantization).
     Lut {
         table: Vec<u8>,
+        /// What the table computes (for export).
+        #[serde(default)]
+        act: Option<Activation>,
+        #[serde(default)]
+        input: Option<Qp>,
+        #[serde(default)]
+        output: Option<Qp>,
     },
     /// `[x]` NHWC; the output keeps the input's parameters.
     MaxPool2d(Pool2dParams),

@@ -414,7 +414,13 @@ impl Ctx<'_> {
                     Some(*a),
                 );
                 let (xin, _) = self.u8_view(x, l).expect("u8");
-                self.emit(node, QOp::Lut { table: t.to_vec() }, vec![xin], &[(qy, l)]);
+                let op = QOp::Lut {
+                    table: t.to_vec(),
+                    act: Some(*a),
+                    input: Some(qp(qx)),
+                    output: Some(qp(qy)),
+                };
+                self.emit(node, op, vec![xin], &[(qy, l)]);
             }
             Op::MaxPool2d(p) if u8_in == Some(Nhwc) => {
                 let (xin, qx) = self.u8_view(x, Nhwc).expect("u8");

@@ -1,0 +1,85 @@
+//! `qvision export`: write a model as ONNX (fp32 with standard ops, int8 as QDQ).
+
+use crate::common::{emit, load_any};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Zoo model name (with --weights or --random-weights), an int8 `.qvm`, or an `.onnx`.
+    model: String,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Deterministic formula weights (tests, benchmarks).
+    #[arg(long)]
+    random_weights: bool,
+    /// Output file, written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 13)]
+    opset: i64,
+    /// qdq (QuantizeLinear/DequantizeLinear pairs around float ops) for int8 graphs.
+    #[arg(long, default_value = "qdq")]
+    format: String,
+    /// `dynamic` (a symbolic batch dimension) or a fixed batch size.
+    #[arg(long, default_value = "dynamic")]
+    batch: String,
+    /// Input side (default: the model's eval crop).
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.format != "qdq" {
+        anyhow::bail!(
+            "--format {}: only qdq is available (QOperator export is not built yet)",
+            a.format
+        );
+    }
+    let (dynamic, n) = match a.batch.as_str() {
+        "dynamic" => (true, 1),
+        s => (
+            false,
+            s.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| anyhow::anyhow!("--batch {s}: use dynamic or a positive number"))?,
+        ),
+    };
+    let (g, t) = load_any(&a.model, a.weights.as_deref(), true, a.random_weights)?;
+    let size = a.size.unwrap_or(t.crop);
+    let opts = qvision_onnx::ExportOptions {
+        opset: a.opset,
+        dynamic_batch: dynamic,
+        input_shape: vec![n, 3, size, size],
+    };
+    let bytes =
+        qvision_onnx::to_bytes(&g, &opts).with_context(|| format!("exporting {}", a.model))?;
+    qvision_io::atomic::write(&a.out, &bytes)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let int8 = g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, qvision_graph::Op::Q(_)));
+    let r = serde_json::json!({
+        "model": a.model,
+        "out": a.out.display().to_string(),
+        "opset": a.opset,
+        "format": if int8 { "qdq" } else { "fp32" },
+        "bytes": bytes.len(),
+    });
+    if a.json {
+        emit(&(serde_json::to_string(&r)? + "\n"))
+    } else {
+        emit(&format!(
+            "{}: wrote {} ({} ONNX, opset {}, {:.1} MB)\n",
+            a.model,
+            a.out.display(),
+            if int8 { "int8 QDQ" } else { "fp32" },
+            a.opset,
+            bytes.len() as f64 / 1e6
+        ))
+    }
+}
