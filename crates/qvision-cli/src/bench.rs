@@ -19,7 +19,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name (see `qvision models`) or an int8 `.qvm` file.
+    /// Model name (see `qvision models`), an int8 `.qvm` file or an `.onnx` file.
     #[arg(required_unless_present_any = ["all", "models"])]
     model: Option<String>,
     /// Every zoo model, one table row each.
@@ -151,7 +151,28 @@ fn kernels(s: &Session) -> String {
 
 /// Time one model: fp32 and/or int8, interleaved.
 fn bench_one(a: &Args, name: &str, precision: Precision, threads: usize) -> Result<Report> {
-    let (fp32, int8, size) = if name.ends_with(".qvm") {
+    let onnx = crate::common::is_onnx(name);
+    let (fp32, int8, size) = if onnx {
+        let (imp, t) = crate::common::load_onnx(Path::new(name))?;
+        let size = a.size.unwrap_or(t.crop);
+        if imp.is_quantized() {
+            if precision != Precision::Int8 {
+                anyhow::bail!("{name}: a QDQ model is int8 only; use --precision int8");
+            }
+            (None, Some(imp.int8()?.0), size)
+        } else {
+            let shape = [a.batch, 3, size, size];
+            let int8 = match precision {
+                Precision::Fp32 => None,
+                _ => Some(int8_graph(&imp.graph, &shape, threads)?),
+            };
+            (
+                (precision != Precision::Int8).then_some(imp.graph),
+                int8,
+                size,
+            )
+        }
+    } else if name.ends_with(".qvm") {
         if precision != Precision::Int8 {
             anyhow::bail!("{name}: a .qvm holds only the int8 graph; use --precision int8");
         }

@@ -2,7 +2,7 @@
 //! SQNR. Labels come from file names (`..._<label>.jpg`, as foolbox names them) or from an
 //! image-folder layout (`DIR/<label>/*.jpg`).
 
-use crate::common::{build_model, emit, eval_transform, load_qvm};
+use crate::common::emit;
 use anyhow::{Context, Result};
 use qvision_graph::{Session, SessionOptions};
 use qvision_io::image_io::load_rgb;
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// Model name (see `qvision models`).
     model: String,
-    /// torchvision weights (.pth or .safetensors).
+    /// torchvision weights (.pth or .safetensors) for a zoo model.
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// The int8 model made by `qvision quantize` (optional: fp32 only without it).
     #[arg(long)]
     quantized: Option<PathBuf>,
@@ -89,15 +89,17 @@ fn top5(v: &[f32]) -> Vec<usize> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model = build_model(&a.model, Some(&a.weights), true)?;
-    let t = eval_transform(model.info, None, None);
+    let (graph, t) = crate::common::load_any(&a.model, a.weights.as_deref(), true, false)?;
     let opts = SessionOptions {
         threads: a.threads,
         ..Default::default()
     };
-    let fp = Session::new(&model.graph, opts.clone())?;
+    let fp = Session::new(&graph, opts.clone())?;
     let q = match &a.quantized {
-        Some(p) => Some(Session::new(&load_qvm(p)?.0, opts)?),
+        Some(p) => Some(Session::new(
+            &crate::common::load_any(&p.to_string_lossy(), None, true, false)?.0,
+            opts,
+        )?),
         None => None,
     };
     let items = labelled(&a.data)?;

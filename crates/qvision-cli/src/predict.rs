@@ -38,6 +38,20 @@ pub struct Args {
     /// Override the center crop of the eval transform.
     #[arg(long)]
     crop: Option<usize>,
+    /// Normalisation mean for an imported ONNX model (default ImageNet's): `0.485,0.456,0.406`.
+    #[arg(long, value_parser = parse3)]
+    mean: Option<[f32; 3]>,
+    /// Normalisation std for an imported ONNX model (default ImageNet's).
+    #[arg(long, value_parser = parse3)]
+    std: Option<[f32; 3]>,
+}
+
+fn parse3(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x}: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(v).map_err(|_| format!("{s}: want three comma-separated numbers"))
 }
 
 #[derive(serde::Serialize)]
@@ -53,9 +67,16 @@ struct Prediction {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (graph, transform) = if a.model.ends_with(".qvm") {
-        let (g, t) = crate::common::load_qvm(std::path::Path::new(&a.model))?;
-        (g, override_transform(t, a.resize, a.crop))
+    let (graph, transform) = if a.model.ends_with(".qvm") || crate::common::is_onnx(&a.model) {
+        let (g, t) = crate::common::load_any(&a.model, None, true, false)?;
+        let mut t = override_transform(t, a.resize, a.crop);
+        if let Some(m) = a.mean {
+            t.mean = m;
+        }
+        if let Some(s) = a.std {
+            t.std = s;
+        }
+        (g, t)
     } else {
         let weights = a.weights.as_deref().ok_or_else(|| {
             anyhow::anyhow!("--weights FILE is required for a zoo model ('{}')", a.model)

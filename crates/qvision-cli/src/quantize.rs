@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name (see `qvision models`).
+    /// Model name (see `qvision models`) or an fp32 `.onnx` file.
     model: String,
     /// torchvision weights (.pth or .safetensors).
-    #[arg(long, required_unless_present = "random_weights")]
+    #[arg(long)]
     weights: Option<PathBuf>,
     /// Deterministic formula weights instead of a file (benchmarks only).
     #[arg(long)]
@@ -61,6 +61,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let observer: ObserverKind = a.observer.parse()?;
+    if !crate::common::is_onnx(&a.model) && a.weights.is_none() && !a.random_weights {
+        anyhow::bail!("--weights FILE (or --random-weights) is required for a zoo model");
+    }
     let backend = match a.backend.as_str() {
         "x86" => Backend::X86,
         "arm" => Backend::Arm,
@@ -69,11 +72,19 @@ pub fn run(a: Args) -> Result<()> {
     if a.samples == 0 {
         anyhow::bail!("--samples must be at least 1");
     }
-    let mut model = build_model(&a.model, a.weights.as_deref(), true)?;
-    if a.random_weights {
-        weights::init_formula(&mut model.graph);
-    }
-    let t = eval_transform(model.info, None, None);
+    let (graph, t) = if crate::common::is_onnx(&a.model) {
+        let (imp, t) = crate::common::load_onnx(std::path::Path::new(&a.model))?;
+        if imp.is_quantized() {
+            anyhow::bail!("{}: the model is already quantized (QDQ)", a.model);
+        }
+        (imp.graph, t)
+    } else {
+        let mut model = build_model(&a.model, a.weights.as_deref(), true)?;
+        if a.random_weights {
+            weights::init_formula(&mut model.graph);
+        }
+        (model.graph, eval_transform(model.info, None, None))
+    };
     let shape = vec![1, 3, t.crop, t.crop];
     // Inputs are made (decoded) one at a time during calibration: memory stays at one image.
     let files: Vec<PathBuf> = if a.calib == "synthetic" {
@@ -114,8 +125,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let global = QConfig::default_for(backend);
     let mapping = qconfig_mapping(global, &a.skip, &a.per_tensor, &a.per_channel);
-    let prepared = prepare(&model.graph)?;
-    drop(model.graph);
+    let prepared = prepare(&graph)?;
+    drop(graph);
     let held: Vec<Tensor> = if a.report {
         (0..n.min(4)).map(input).collect::<Result<_>>()?
     } else {

@@ -300,3 +300,90 @@ fn quantize_report_lists_layers_and_honours_overrides() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn export_import_and_predict_an_onnx_file() {
+    let dir = std::env::temp_dir().join(format!("qv-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("sq.onnx");
+    let out = qvision(&[
+        "export",
+        "squeezenet1_1",
+        "--random-weights",
+        "--size",
+        "64",
+        "--out",
+        onnx.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = qvision(&["import", onnx.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input_shape"], serde_json::json!([1, 3, 64, 64]));
+    assert_eq!(v["quantized"], false);
+    let img = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/preprocess/image.png");
+    let out = qvision(&[
+        "predict",
+        onnx.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // an ONNX model quantizes, and its int8 model exports as QDQ
+    let qvm = dir.join("sq.qvm");
+    let out = qvision(&[
+        "quantize",
+        onnx.to_str().unwrap(),
+        "--calib",
+        "synthetic",
+        "--samples",
+        "2",
+        "--out",
+        qvm.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q8 = dir.join("sq8.onnx");
+    let out = qvision(&[
+        "export",
+        qvm.to_str().unwrap(),
+        "--out",
+        q8.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = qvision(&["import", q8.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["quantized"], true, "{v}");
+    let out = qvision(&[
+        "export",
+        "squeezenet1_1",
+        "--random-weights",
+        "--out",
+        "x.onnx",
+        "--opset",
+        "9",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opset 9"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

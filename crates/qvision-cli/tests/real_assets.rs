@@ -171,6 +171,8 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
         let v = t.as_f32().unwrap();
         (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
     };
+    let mut int8_top1 = vec![];
+    let mut batch = vec![];
     let (mut agree, mut correct_q, mut correct_f) = (0, 0, 0);
     for p in files.iter().filter(|p| {
         p.file_name()
@@ -188,8 +190,10 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
             .parse()
             .unwrap();
         let x = load(p);
+        batch.extend_from_slice(x.as_f32().unwrap());
         let a = argmax(&fp.run(vec![x.clone()]).unwrap()[0]);
         let b = argmax(&qs.run(vec![x]).unwrap()[0]);
+        int8_top1.push(b);
         agree += usize::from(a == b);
         correct_f += usize::from(a == label);
         correct_q += usize::from(b == label);
@@ -197,6 +201,80 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
     eprintln!("fp32 top-1 {correct_f}/20, int8 top-1 {correct_q}/20, agreement {agree}/20");
     assert!(correct_q >= 18, "int8 top-1 correct on {correct_q}/20");
     assert!(agree >= 19, "int8 agrees with fp32 on {agree}/20");
+
+    // The int8 model exported as ONNX QDQ keeps qvision int8's top-1 in ONNX Runtime.
+    let Some(pp) = onnx_oracle() else { return };
+    let tmp = std::env::temp_dir().join(format!("qv-mnv2-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let onnx = tmp.join("mobilenet_v2_int8.onnx");
+    let bytes = qvision_onnx::to_bytes(
+        &q,
+        &qvision_onnx::ExportOptions {
+            opset: 13,
+            dynamic_batch: true,
+            input_shape: vec![1, 3, t.crop, t.crop],
+        },
+    )
+    .unwrap();
+    std::fs::write(&onnx, bytes).unwrap();
+    let n = int8_top1.len();
+    let raw: Vec<u8> = batch.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(tmp.join("x.in"), raw).unwrap();
+    let job = serde_json::json!([{"onnx": onnx, "input": tmp.join("x.in"),
+        "shape": [n, 3, t.crop, t.crop], "output": tmp.join("y.out")}]);
+    std::fs::write(tmp.join("job.json"), job.to_string()).unwrap();
+    let out = Command::new("python3")
+        .env("PYTHONPATH", &pp)
+        .arg(root().join("scripts/ort_run.py"))
+        .arg(tmp.join("job.json"))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        line.contains("\"ok\": true"),
+        "{line} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y: Vec<f32> = std::fs::read(tmp.join("y.out"))
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let ort_agree = (0..n)
+        .filter(|&i| {
+            let row = &y[i * 1000..(i + 1) * 1000];
+            (0..1000)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap()
+                == int8_top1[i]
+        })
+        .count();
+    eprintln!("ONNX Runtime on the int8 export agrees with qvision int8 on {ort_agree}/{n}");
+    assert!(
+        ort_agree >= 19,
+        "ONNX Runtime int8 top-1 agrees on {ort_agree}/{n}"
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// The PYTHONPATH with onnx and onnxruntime (scripts/py-deps); under CI a missing one fails.
+fn onnx_oracle() -> Option<PathBuf> {
+    let dir = std::env::var_os("QVISION_PYDEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/pydeps"));
+    let ok = Command::new("python3")
+        .env("PYTHONPATH", &dir)
+        .args(["-c", "import onnx, onnxruntime, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("onnx/onnxruntime are missing: run scripts/py-deps");
+    }
+    eprintln!("SKIPPED: onnxruntime not installed (scripts/py-deps)");
+    None
 }
 
 /// The same PTQ through the CLI: `quantize` (calibration images disjoint from the evaluation

@@ -406,7 +406,7 @@ impl Im {
                 let (lo, hi) = (bound(self, 1, "min")?, bound(self, 2, "max")?);
                 let a = match (lo, hi) {
                     (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Activation::Relu6,
-                    (Some(l), None) if l == 0.0 => Activation::Relu,
+                    (Some(0.0), None) => Activation::Relu,
                     _ => {
                         return Err(self.err(
                             n,

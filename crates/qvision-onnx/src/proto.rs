@@ -413,11 +413,7 @@ fn dec_tensor(b: &[u8]) -> Result<Tensor, OnnxError> {
             9 => t.raw = bytes(f)?.to_vec(),
             10 => doubles(f, &mut f64s)?,
             13 => external = true,
-            14 => {
-                if int(f)? == 1 {
-                    external = true
-                }
-            }
+            14 if int(f)? == 1 => external = true,
             _ => {}
         }
     }
