@@ -55,10 +55,13 @@ pub fn run(a: Args) -> Result<()> {
         dynamic_batch: dynamic,
         input_shape: vec![n, 3, size, size],
     };
-    let bytes =
-        qvision_onnx::to_bytes(&g, &opts).with_context(|| format!("exporting {}", a.model))?;
-    qvision_io::atomic::write(&a.out, &bytes)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    let files = qvision_onnx::to_files(&g, &opts, &a.out)
+        .with_context(|| format!("exporting {}", a.model))?;
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
     let int8 = g
         .nodes
         .iter()
@@ -68,7 +71,8 @@ pub fn run(a: Args) -> Result<()> {
         "out": a.out.display().to_string(),
         "opset": a.opset,
         "format": if int8 { "qdq" } else { "fp32" },
-        "bytes": bytes.len(),
+        "bytes": bytes,
+        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
     });
     if a.json {
         emit(&(serde_json::to_string(&r)? + "\n"))
@@ -79,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display(),
             if int8 { "int8 QDQ" } else { "fp32" },
             a.opset,
-            bytes.len() as f64 / 1e6
+            bytes as f64 / 1e6
         ))
     }
 }

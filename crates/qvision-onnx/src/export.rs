@@ -128,6 +128,7 @@ impl<'a> Ex<'a> {
             dims,
             data_type,
             raw,
+            external: None,
         });
         name
     }

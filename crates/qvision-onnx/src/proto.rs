@@ -59,13 +59,15 @@ pub struct Attribute {
     pub value: AttrValue,
 }
 
-/// A tensor: dims, element type and little-endian raw bytes.
+/// A tensor: dims, element type and little-endian raw bytes (or, for models over protobuf's
+/// 2 GB limit, a place in an external data file: `(location, offset, length)`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
     pub name: String,
     pub dims: Vec<i64>,
     pub data_type: i32,
     pub raw: Vec<u8>,
+    pub external: Option<(String, u64, u64)>,
 }
 
 /// A graph input or output: element type and dims (`None` for a symbolic dim).
@@ -133,7 +135,22 @@ fn enc_tensor(t: &Tensor) -> W {
     }
     w.int(2, t.data_type as i64);
     w.str(8, &t.name);
-    w.bytes(9, &t.raw);
+    match &t.external {
+        None => w.bytes(9, &t.raw),
+        Some((loc, off, len)) => {
+            for (k, v) in [
+                ("location", loc.clone()),
+                ("offset", off.to_string()),
+                ("length", len.to_string()),
+            ] {
+                let mut e = W::default();
+                e.str(1, k);
+                e.str(2, &v);
+                w.msg(13, e);
+            }
+            w.int(14, 1);
+        }
+    }
     w
 }
 
@@ -642,6 +659,7 @@ mod tests {
                     dims: vec![2, 3],
                     data_type: dtype::FLOAT,
                     raw: vec![0; 24],
+                    external: None,
                 }],
                 inputs: vec![ValueInfo {
                     name: "x".into(),

@@ -51,16 +51,16 @@ fn run_ort(pp: &Path, cases: &[Case], tag: &str) -> Vec<Result<Vec<f32>, String>
     let mut job = vec![];
     for (i, c) in cases.iter().enumerate() {
         let onnx = dir.join(format!("{i}_{}.onnx", c.name));
-        let bytes = qvision_onnx::to_bytes(
+        qvision_onnx::to_files(
             &c.graph,
             &ExportOptions {
                 opset: c.opset,
                 dynamic_batch: true,
                 input_shape: vec![1, c.shape[1], c.shape[2], c.shape[3]],
             },
+            &onnx,
         )
         .unwrap_or_else(|e| panic!("{}: {e}", c.name));
-        std::fs::write(&onnx, bytes).unwrap();
         let input = dir.join(format!("{i}.in"));
         let raw: Vec<u8> =
             c.x.as_f32()
@@ -213,17 +213,27 @@ fn int8_exports_run_in_onnxruntime() {
     use qvision_quant::calibrate::ObserverKind;
     use qvision_quant::{quantize_ptq, Backend, QConfig};
     let Some(pp) = oracle() else { return };
-    let names = [
-        "resnet18",
-        "densenet121",
-        "regnet_x_400mf",
-        "regnet_y_400mf",
-        "efficientnet_b0",
-        "convnext_tiny",
-        "mobilenet_v3_large",
-        "shufflenet_v2_x1_0",
-        "googlenet",
-    ];
+    let names: Vec<String> = match std::env::var("QVISION_ONNX_MODELS") {
+        Ok(v) if v == "all" => qvision_zoo::models()
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect(),
+        Ok(v) => v.split(',').map(str::to_string).collect(),
+        Err(_) => [
+            "resnet18",
+            "densenet121",
+            "regnet_x_400mf",
+            "regnet_y_400mf",
+            "efficientnet_b0",
+            "convnext_tiny",
+            "mobilenet_v3_large",
+            "shufflenet_v2_x1_0",
+            "googlenet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    };
     let mut cases = vec![];
     for (i, name) in names.iter().enumerate() {
         let g = model(name);
