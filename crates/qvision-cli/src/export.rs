@@ -18,9 +18,13 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 13)]
     opset: i64,
-    /// qdq (QuantizeLinear/DequantizeLinear pairs around float ops) for int8 graphs.
+    /// int8 graphs as `qdq` (QuantizeLinear/DequantizeLinear pairs around float ops) or
+    /// `qoperator` (QLinearConv, MatMulInteger; QDQ where an op has no standard integer form).
     #[arg(long, default_value = "qdq")]
     format: String,
+    /// With --format qoperator: allow com.microsoft ops (QLinearAdd, QLinearMul).
+    #[arg(long)]
+    allow_contrib: bool,
     /// `dynamic` (a symbolic batch dimension) or a fixed batch size.
     #[arg(long, default_value = "dynamic")]
     batch: String,
@@ -32,11 +36,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.format != "qdq" {
-        anyhow::bail!(
-            "--format {}: only qdq is available (QOperator export is not built yet)",
-            a.format
-        );
+    if a.format != "qdq" && a.format != "qoperator" {
+        anyhow::bail!("--format {}: use qdq or qoperator", a.format);
     }
     let (dynamic, n) = match a.batch.as_str() {
         "dynamic" => (true, 1),
@@ -51,9 +52,9 @@ pub fn run(a: Args) -> Result<()> {
     let (g, t) = load_any(&a.model, a.weights.as_deref(), true, a.random_weights)?;
     let size = a.size.unwrap_or(t.crop);
     let opts = qvision_onnx::ExportOptions {
-        opset: a.opset,
-        dynamic_batch: dynamic,
-        input_shape: vec![n, 3, size, size],
+        qoperator: a.format == "qoperator",
+        allow_contrib: a.allow_contrib,
+        ..qvision_onnx::ExportOptions::new(a.opset, dynamic, vec![n, 3, size, size])
     };
     let files = qvision_onnx::to_files(&g, &opts, &a.out)
         .with_context(|| format!("exporting {}", a.model))?;
@@ -70,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         "model": a.model,
         "out": a.out.display().to_string(),
         "opset": a.opset,
-        "format": if int8 { "qdq" } else { "fp32" },
+        "format": if int8 { a.format.as_str() } else { "fp32" },
         "bytes": bytes,
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
     });
@@ -81,7 +82,15 @@ pub fn run(a: Args) -> Result<()> {
             "{}: wrote {} ({} ONNX, opset {}, {:.1} MB)\n",
             a.model,
             a.out.display(),
-            if int8 { "int8 QDQ" } else { "fp32" },
+            if int8 {
+                if a.format == "qoperator" {
+                    "int8 QOperator"
+                } else {
+                    "int8 QDQ"
+                }
+            } else {
+                "fp32"
+            },
             a.opset,
             bytes as f64 / 1e6
         ))

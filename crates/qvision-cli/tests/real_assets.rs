@@ -209,11 +209,7 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
     let onnx = tmp.join("mobilenet_v2_int8.onnx");
     let bytes = qvision_onnx::to_bytes(
         &q,
-        &qvision_onnx::ExportOptions {
-            opset: 13,
-            dynamic_batch: true,
-            input_shape: vec![1, 3, t.crop, t.crop],
-        },
+        &qvision_onnx::ExportOptions::new(13, true, vec![1, 3, t.crop, t.crop]),
     )
     .unwrap();
     std::fs::write(&onnx, bytes).unwrap();

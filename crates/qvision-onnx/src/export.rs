@@ -20,6 +20,23 @@ pub struct ExportOptions {
     pub dynamic_batch: bool,
     /// The input shape (`[n, c, h, w]`) that fixes every other shape.
     pub input_shape: Vec<usize>,
+    /// int8 as QOperator (`QLinearConv`, `MatMulInteger`) instead of QDQ.
+    pub qoperator: bool,
+    /// With `qoperator`: allow com.microsoft ops (`QLinearAdd`, `QLinearMul`).
+    pub allow_contrib: bool,
+}
+
+impl ExportOptions {
+    /// QDQ export at `opset` for an input shape.
+    pub fn new(opset: i64, dynamic_batch: bool, input_shape: Vec<usize>) -> Self {
+        ExportOptions {
+            opset,
+            dynamic_batch,
+            input_shape,
+            qoperator: false,
+            allow_contrib: false,
+        }
+    }
 }
 
 struct Ex<'a> {
@@ -36,6 +53,8 @@ struct Ex<'a> {
     qparams: HashMap<(u32, i32), (String, String)>,
     consts: usize,
     node_names: HashSet<String>,
+    /// com.microsoft ops were used.
+    contrib: bool,
 }
 
 fn ints(name: &str, v: &[i64]) -> Attribute {
@@ -559,6 +578,30 @@ impl<'a> Ex<'a> {
         Ok(y)
     }
 
+    fn float_tensor(&self, v: ValueId, name: &str) -> Result<Vec<f32>, OnnxError> {
+        self.g
+            .tensor(v)
+            .map_err(|e| self.err(name, e.to_string()))?
+            .as_f32()
+            .map(<[f32]>::to_vec)
+            .map_err(|e| self.err(name, e.to_string()))
+    }
+
+    /// The s8 weight initializer with its per-channel scale and zero point (QOperator).
+    fn q_weight_tensors(
+        &mut self,
+        n: &qvision_graph::Node,
+        name: &str,
+    ) -> Result<(String, String, String), OnnxError> {
+        let w = self.name(n.inputs[1])?;
+        let scales = self.float_tensor(n.inputs[3], name)?;
+        let c = scales.len();
+        let ws = self.const_f32(&format!("{name}.weight_scale"), vec![c as i64], &scales);
+        let wz = self.fresh(&format!("{name}.weight_zero_point"));
+        let wz = self.init(wz, vec![c as i64], dtype::INT8, vec![0; c]);
+        Ok((w, ws, wz))
+    }
+
     /// s8 weight, its per-channel dequantization, and the i32 bias dequantized at `s_in * s_w`.
     fn q_weights(
         &mut self,
@@ -632,6 +675,28 @@ impl<'a> Ex<'a> {
                 params,
                 input,
                 output,
+                residual: None,
+                act: None | Some(Activation::Relu) | Some(Activation::Relu6),
+            } if self.opts.qoperator => {
+                // QLinearConv: a ReLU is the output's saturation (post-ReLU qparams start at 0)
+                let xi = self.name(x)?;
+                let (xs, xz) = self.qp_names(*input);
+                let (ys, yz) = self.qp_names(*output);
+                let (w, ws, wz) = self.q_weight_tensors(n, name)?;
+                let b = self.name(n.inputs[2])?;
+                self.node(
+                    "QLinearConv",
+                    format!("{name}/QLinearConv"),
+                    vec![xi, xs, xz, w, ws, wz, ys, yz, b],
+                    vec![yname],
+                    Self::conv_attrs(params),
+                );
+                y_nhwc = true;
+            }
+            QOp::Conv2d {
+                params,
+                input,
+                output,
                 residual,
                 act,
             } => {
@@ -647,6 +712,61 @@ impl<'a> Ex<'a> {
                 }
                 self.quantize(o, *output, name, Some(yname));
                 y_nhwc = true;
+            }
+            QOp::Linear {
+                input,
+                output,
+                act,
+                f32_out,
+            } if self.opts.qoperator => {
+                // MatMulInteger (exact i32) + bias, then the float epilogue
+                let xi = self.name(x)?;
+                let (_, xz) = self.qp_names(*input);
+                let w = self
+                    .g
+                    .tensor(n.inputs[1])
+                    .map_err(|e| self.err(name, e.to_string()))?;
+                let [o, k] = <[usize; 2]>::try_from(w.shape())
+                    .map_err(|_| self.err(name, "weight is not 2-D"))?;
+                let wv = w.as_i8().map_err(|e| self.err(name, e.to_string()))?;
+                let mut t = vec![0u8; wv.len()];
+                for r in 0..o {
+                    for c in 0..k {
+                        t[c * o + r] = wv[r * k + c] as u8;
+                    }
+                }
+                let wt = self.fresh(&format!("{name}.weight_t(s8)"));
+                let wt = self.init(wt, vec![k as i64, o as i64], dtype::INT8, t);
+                let wz = self.fresh(&format!("{name}.weight_zero_point"));
+                let wz = self.init(wz, vec![o as i64], dtype::INT8, vec![0; o]);
+                let acc = self.op1("MatMulInteger", name, vec![xi, wt, xz, wz], vec![]);
+                let b = self.name(n.inputs[2])?;
+                let acc = self.op1("Add", name, vec![acc, b], vec![]);
+                let f = self.op1(
+                    "Cast",
+                    name,
+                    vec![acc],
+                    vec![int("to", dtype::FLOAT as i64)],
+                );
+                let scales = self.float_tensor(n.inputs[3], name)?;
+                let sc: Vec<f32> = scales.iter().map(|s| s * input.0).collect();
+                let scn = self.const_f32(&format!("{name}.scale"), vec![o as i64], &sc);
+                let mut y = self.op1("Mul", name, vec![f, scn], vec![]);
+                if let Some(a) = act {
+                    y = self.act(*a, y, name);
+                }
+                if *f32_out {
+                    self.node(
+                        "Identity",
+                        format!("{name}/Identity"),
+                        vec![y],
+                        vec![yname],
+                        vec![],
+                    );
+                } else {
+                    self.quantize(y, *output, name, Some(yname));
+                }
+                y_nhwc = false;
             }
             QOp::Linear {
                 input,
@@ -679,6 +799,34 @@ impl<'a> Ex<'a> {
                     self.quantize(o, *output, name, Some(yname));
                 }
                 y_nhwc = false;
+            }
+            QOp::Add {
+                a,
+                b,
+                output,
+                relu: false,
+            }
+            | QOp::Mul { a, b, output }
+                if self.opts.qoperator && self.opts.allow_contrib =>
+            {
+                let op = if matches!(q, QOp::Add { .. }) {
+                    "QLinearAdd"
+                } else {
+                    "QLinearMul"
+                };
+                let (ai, bi) = (self.name(x)?, self.name(n.inputs[1])?);
+                let (as_, az) = self.qp_names(*a);
+                let (bs, bz) = self.qp_names(*b);
+                let (ys, yz) = self.qp_names(*output);
+                self.nodes.push(proto::Node {
+                    name: format!("{name}/{op}"),
+                    op_type: op.into(),
+                    domain: "com.microsoft".into(),
+                    inputs: vec![ai, as_, az, bi, bs, bz, ys, yz],
+                    outputs: vec![yname],
+                    attributes: vec![],
+                });
+                self.contrib = true;
             }
             QOp::Add { a, b, output, .. } | QOp::Mul { a, b, output } => {
                 let op = if matches!(q, QOp::Add { .. }) {
@@ -904,6 +1052,7 @@ pub fn export(g: &Graph, opts: &ExportOptions) -> Result<proto::Model, OnnxError
         qparams: HashMap::new(),
         consts: 0,
         node_names: HashSet::new(),
+        contrib: false,
     };
     for n in &g.nodes {
         match &n.op {
@@ -944,9 +1093,13 @@ pub fn export(g: &Graph, opts: &ExportOptions) -> Result<proto::Model, OnnxError
         .iter()
         .map(|&v| vi(&ex, v, true))
         .collect::<Result<_, _>>()?;
+    let mut opset = vec![(String::new(), opts.opset)];
+    if ex.contrib {
+        opset.push(("com.microsoft".to_string(), 1));
+    }
     Ok(proto::Model {
         ir_version: 8,
-        opset: vec![(String::new(), opts.opset)],
+        opset,
         producer_name: "qvision".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: proto::Graph {

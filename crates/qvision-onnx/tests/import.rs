@@ -134,11 +134,7 @@ fn export_then_import_round_trips() {
     for opset in [13, 17, 20] {
         let bytes = qvision_onnx::to_bytes(
             &m.graph,
-            &ExportOptions {
-                opset,
-                dynamic_batch: true,
-                input_shape: vec![1, 3, 64, 64],
-            },
+            &ExportOptions::new(opset, true, vec![1, 3, 64, 64]),
         )
         .unwrap();
         let imp = import(&bytes, "round trip").unwrap();

@@ -4,7 +4,8 @@
 //!
 //! fp32: one model per classification family at opsets 13 and 17 equals qvision's output within
 //! 1e-4 x max(1, max |logit|), with a dynamic batch of 2. int8 (QDQ): the exports, DenseNet,
-//! RegNet, EfficientNet and ConvNeXt included, run in ONNX Runtime and keep qvision's top-1.
+//! RegNet, EfficientNet and ConvNeXt included, run in ONNX Runtime and keep qvision's top-1,
+//! in the QDQ and the QOperator formats.
 
 use qvision_graph::{Graph, Session, SessionOptions};
 use qvision_onnx::ExportOptions;
@@ -40,6 +41,8 @@ struct Case {
     name: String,
     graph: Graph,
     opset: i64,
+    /// QOperator format (with com.microsoft ops) instead of QDQ.
+    qoperator: bool,
     shape: Vec<usize>,
     x: Tensor,
 }
@@ -54,9 +57,9 @@ fn run_ort(pp: &Path, cases: &[Case], tag: &str) -> Vec<Result<Vec<f32>, String>
         qvision_onnx::to_files(
             &c.graph,
             &ExportOptions {
-                opset: c.opset,
-                dynamic_batch: true,
-                input_shape: vec![1, c.shape[1], c.shape[2], c.shape[3]],
+                qoperator: c.qoperator,
+                allow_contrib: c.qoperator,
+                ..ExportOptions::new(c.opset, true, vec![1, c.shape[1], c.shape[2], c.shape[3]])
             },
             &onnx,
         )
@@ -176,6 +179,7 @@ fn fp32_exports_match_in_onnxruntime() {
             name: name.clone(),
             graph: model(name),
             opset: if i % 2 == 0 { 13 } else { 17 },
+            qoperator: false,
             x: input(11 + i as u64, &shape),
             shape,
         });
@@ -248,13 +252,16 @@ fn int8_exports_run_in_onnxruntime() {
         )
         .unwrap();
         let shape = vec![2, 3, s, s];
-        cases.push(Case {
-            name: name.to_string(),
-            graph: q,
-            opset: 13,
-            x: input(21 + i as u64, &shape),
-            shape,
-        });
+        for qoperator in [false, true] {
+            cases.push(Case {
+                name: format!("{name}{}", if qoperator { " (QOperator)" } else { "" }),
+                graph: q.clone(),
+                opset: 13,
+                qoperator,
+                x: input(21 + i as u64, &shape),
+                shape: shape.clone(),
+            });
+        }
     }
     let got = run_ort(&pp, &cases, "int8");
     let mut failures = vec![];
