@@ -10,6 +10,7 @@ outputs are committed under fixtures/. Requires torch, torchvision, numpy, pillo
   python scripts/make_fixtures.py preprocess          # fixtures/preprocess/*
   python scripts/make_fixtures.py real IMAGE_DIR WEIGHTS  # fixtures/real/mobilenet_v2_foolbox.json
   python scripts/make_fixtures.py onnx                # fixtures/onnx/* (torch.onnx exports, an ORT QDQ model)
+  python scripts/make_fixtures.py onnx-zoo DIR MODEL... # larger torch.onnx exports for check_import
 
 Parity fixtures use "formula weights": every state-dict entry is computed from its key and
 shape by the rule below, which qvision implements identically in
@@ -362,6 +363,35 @@ def onnx_fixtures():
         json.dump(meta, f)
 
 
+def onnx_zoo(out, names):
+    """Not committed (too large): torch.onnx.export of zoo models at 64x64 (Inception 96),
+    alternating opsets 11/13/17 and dynamic/static batch, with PyTorch's logits in meta.json.
+    `cargo run --release -p qvision-onnx --example check_import -- DIR` compares qvision."""
+    import torch
+    import torchvision
+
+    os.makedirs(out, exist_ok=True)
+    meta = {}
+    for i, name in enumerate(names):
+        size = 96 if name == "inception_v3" else 64
+        kw = dict(init_weights=False, aux_logits=True) if name in ("googlenet", "inception_v3") else {}
+        m = torchvision.models.get_model(name, weights=None, num_classes=10, **kw).eval()
+        fill_formula(m, gain=12.0)
+        x = (formula_uniform(5, 2 * 3 * size * size).reshape(2, 3, size, size) * 4).astype(np.float32)
+        opset = [11, 13, 17][i % 3]
+        dyn = i % 2 == 0
+        path = f"{out}/{name}.onnx"
+        axes = dict(dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}}) if dyn else {}
+        torch.onnx.export(m, torch.from_numpy(x[:1]), path, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], do_constant_folding=True, dynamo=False, **axes)
+        with torch.no_grad():
+            y = m(torch.from_numpy(x if dyn else x[:1]))
+            y = y[0] if isinstance(y, tuple) else y
+        meta[name] = dict(size=size, batch=2 if dyn else 1, opset=opset, logits=y.numpy().reshape(-1).tolist())
+    with open(f"{out}/meta.json", "w") as f:
+        json.dump(meta, f)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "parity"
     if cmd == "parity":
@@ -376,6 +406,8 @@ if __name__ == "__main__":
         observers()
     elif cmd == "onnx":
         onnx_fixtures()
+    elif cmd == "onnx-zoo":
+        onnx_zoo(sys.argv[2], sys.argv[3:])
     elif cmd == "real":
         real(sys.argv[2], sys.argv[3])
     else:

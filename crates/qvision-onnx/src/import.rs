@@ -172,7 +172,13 @@ struct Im {
     alias: HashMap<String, String>,
     /// Static shapes of the values made so far (for `Shape` and friends).
     shapes: HashMap<ValueId, Vec<usize>>,
+    /// The input's batch dimension is symbolic: `Shape` gives [`BATCH`] for dim 0, which a
+    /// `Reshape` turns back into "copy the input's dim 0".
+    dynamic_batch: bool,
 }
+
+/// The symbolic batch size inside folded shape arithmetic.
+const BATCH: i64 = -(1 << 40);
 
 impl Im {
     fn err(&self, n: &proto::Node, msg: impl Into<String>) -> OnnxError {
@@ -514,7 +520,12 @@ impl Im {
             }
             "Reshape" => {
                 let x = first(self)?;
-                let shape = self.const_i64(n, 1)?;
+                let mut shape = self.const_i64(n, 1)?;
+                for (i, d) in shape.iter_mut().enumerate() {
+                    if *d == BATCH {
+                        *d = if i == 0 { 0 } else { 1 };
+                    }
+                }
                 self.out(n, Op::Reshape { shape }, &[x])
             }
             "Transpose" => {
@@ -692,6 +703,49 @@ impl Im {
                 let x = first(self)?;
                 self.out(n, Op::AdaptiveAvgPool2d { output: [1, 1] }, &[x])
             }
+            "LayerNormalization" => {
+                let axis = n.int("axis").unwrap_or(-1);
+                let x = first(self)?;
+                let rank = self.shapes.get(&x).map_or(0, Vec::len) as i64;
+                if axis != -1 && axis != rank - 1 {
+                    return Err(self.err(
+                        n,
+                        format!("normalising from axis {axis}: only the last axis"),
+                    ));
+                }
+                if n.outputs.len() > 1 && n.outputs[1..].iter().any(|o| !o.is_empty()) {
+                    return Err(self.err(n, "the mean / inverse std outputs are not supported"));
+                }
+                let eps = n.float("epsilon").unwrap_or(1e-5);
+                let w = self.value(n, &n.inputs.get(1).cloned().unwrap_or_default())?;
+                let b = match n.inputs.get(2).filter(|b| !b.is_empty()) {
+                    Some(b) => {
+                        let b = b.clone();
+                        self.value(n, &b)?
+                    }
+                    None => {
+                        let c = self
+                            .shapes
+                            .get(&x)
+                            .and_then(|s| s.last().copied())
+                            .unwrap_or(0);
+                        let t = Tensor::from_f32(vec![c], vec![0.0; c])
+                            .map_err(|e| self.err(n, e.to_string()))?;
+                        self.b.constant(&format!("{}.zero_bias", n.name), t)
+                    }
+                };
+                let name = if n.name.is_empty() {
+                    "LayerNorm".to_string()
+                } else {
+                    n.name.clone()
+                };
+                let v = self.b.node1(&name, Op::LayerNorm { eps }, &[x, w, b]);
+                if let Some(s) = self.shapes.get(&x).cloned() {
+                    self.shapes.insert(v, s);
+                }
+                self.values.insert(n.outputs[0].clone(), v);
+                Ok(())
+            }
             "Softmax" => {
                 let axis = n
                     .int("axis")
@@ -841,7 +895,15 @@ impl Im {
                 clampi(n.int("start").unwrap_or(0)),
                 clampi(n.int("end").unwrap_or(r)),
             );
-            let v: Vec<i64> = shape[a..b.max(a)].iter().map(|&d| d as i64).collect();
+            let v: Vec<i64> = (a..b.max(a))
+                .map(|i| {
+                    if i == 0 && self.dynamic_batch && shape.len() > 1 {
+                        BATCH
+                    } else {
+                        shape[i] as i64
+                    }
+                })
+                .collect();
             return Ok(Some(mk(vec![v.len()], v)?));
         }
         let Some(cs) = consts else { return Ok(None) };
@@ -887,7 +949,13 @@ impl Im {
                 mk(vec![v.len()], v)?
             }
             "Add" | "Sub" | "Mul" | "Div" if iv.len() == 2 => {
-                let (a, b) = (&iv[0], &iv[1]);
+                // arithmetic on the symbolic batch falls back to the example batch of 1
+                let fix = |v: &Vec<i64>| {
+                    v.iter()
+                        .map(|&x| if x == BATCH { 1 } else { x })
+                        .collect::<Vec<_>>()
+                };
+                let (a, b) = (&fix(&iv[0]), &fix(&iv[1]));
                 let len = a.len().max(b.len());
                 let get = |v: &Vec<i64>, i: usize| v[if v.len() == 1 { 0 } else { i }];
                 let v = (0..len)
@@ -927,6 +995,116 @@ impl Im {
     }
 }
 
+/// The scalar value of an initializer or `Constant` output.
+fn scalar(name: &str, tensors: &HashMap<String, Tensor>, nodes: &[proto::Node]) -> Option<f32> {
+    if let Some(t) = tensors.get(name) {
+        return t.as_f32().ok().filter(|v| v.len() == 1).map(|v| v[0]);
+    }
+    let n = nodes
+        .iter()
+        .find(|n| n.op_type == "Constant" && n.outputs.first().is_some_and(|o| o == name))?;
+    match n.attr("value") {
+        Some(AttrValue::Tensor(t)) => tensor_of(t)
+            .ok()?
+            .as_f32()
+            .ok()
+            .filter(|v| v.len() == 1)
+            .map(|v| v[0]),
+        _ => None,
+    }
+}
+
+/// `torch.onnx.export` writes exact GELU below opset 20 as
+/// `Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)`: fold each such chain into one `Gelu` node.
+fn fuse_gelu(nodes: &mut Vec<proto::Node>, tensors: &HashMap<String, Tensor>) {
+    let near = |v: Option<f32>, want: f32| v.is_some_and(|v| (v - want).abs() < 1e-4);
+    let mut i = 0;
+    while i < nodes.len() {
+        if nodes[i].op_type != "Erf" {
+            i += 1;
+            continue;
+        }
+        let by_output = |name: &str| {
+            nodes
+                .iter()
+                .position(|n| n.outputs.iter().any(|o| o == name))
+        };
+        let readers = |name: &str| -> Vec<usize> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.inputs.iter().any(|x| x == name))
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let found = (|| {
+            let erf = &nodes[i];
+            let div = by_output(&erf.inputs[0])?;
+            let d = &nodes[div];
+            let x = d.inputs.first()?.clone();
+            let ok_div = (d.op_type == "Div"
+                && near(
+                    scalar(d.inputs.get(1)?, tensors, nodes),
+                    std::f32::consts::SQRT_2,
+                ))
+                || (d.op_type == "Mul"
+                    && near(
+                        scalar(d.inputs.get(1)?, tensors, nodes),
+                        std::f32::consts::FRAC_1_SQRT_2,
+                    ));
+            if !ok_div {
+                return None;
+            }
+            let [add] = readers(&erf.outputs[0])[..] else {
+                return None;
+            };
+            let a = &nodes[add];
+            let other = a.inputs.iter().find(|v| **v != erf.outputs[0])?;
+            if a.op_type != "Add" || !near(scalar(other, tensors, nodes), 1.0) {
+                return None;
+            }
+            let [m1] = readers(&a.outputs[0])[..] else {
+                return None;
+            };
+            let m = &nodes[m1];
+            if m.op_type != "Mul" || !m.inputs.contains(&x) {
+                return None;
+            }
+            let [m2] = readers(&m.outputs[0])[..] else {
+                return None;
+            };
+            let h = &nodes[m2];
+            let other = h.inputs.iter().find(|v| **v != m.outputs[0])?;
+            if h.op_type != "Mul" || !near(scalar(other, tensors, nodes), 0.5) {
+                return None;
+            }
+            let [_] = readers(&d.outputs[0])[..] else {
+                return None;
+            };
+            Some((div, add, m1, m2, x, h.outputs[0].clone(), h.name.clone()))
+        })();
+        let Some((div, add, m1, m2, x, out, name)) = found else {
+            i += 1;
+            continue;
+        };
+        let gelu = proto::Node {
+            name: if name.is_empty() { "Gelu".into() } else { name },
+            op_type: "Gelu".into(),
+            inputs: vec![x],
+            outputs: vec![out],
+            ..Default::default()
+        };
+        // the last node of the chain becomes the Gelu (keeping topological order)
+        nodes[m2] = gelu;
+        let mut drop = [div, i, add, m1];
+        drop.sort_unstable();
+        for k in drop.iter().rev() {
+            nodes.remove(*k);
+        }
+        i = 0;
+    }
+}
+
 /// Import a model from ONNX bytes; `file` names it in errors.
 pub fn import(bytes: &[u8], file: &str) -> Result<Imported, OnnxError> {
     let m = proto::decode(bytes).map_err(|e| match e {
@@ -950,6 +1128,8 @@ pub fn import(bytes: &[u8], file: &str) -> Result<Imported, OnnxError> {
             tensor_of(t).map_err(|e| OnnxError::Decode(format!("{file}: {e}")))?,
         );
     }
+    let mut m = m;
+    fuse_gelu(&mut m.graph.nodes, &tensors);
     let name = if m.graph.name.is_empty() {
         file.to_string()
     } else {
@@ -964,6 +1144,7 @@ pub fn import(bytes: &[u8], file: &str) -> Result<Imported, OnnxError> {
         qparams: BTreeMap::new(),
         alias: HashMap::new(),
         shapes: HashMap::new(),
+        dynamic_batch: false,
     };
     let mut input_shape = vec![];
     for vi in m
@@ -985,6 +1166,9 @@ pub fn import(bytes: &[u8], file: &str) -> Result<Imported, OnnxError> {
             .collect();
         if input_shape.is_empty() {
             input_shape = shape.clone();
+        }
+        if vi.dims.first() == Some(&None) {
+            im.dynamic_batch = true;
         }
         let v = im.b.input(&vi.name, &shape);
         im.shapes.insert(v, shape);
