@@ -203,3 +203,38 @@ pub fn load_any(
     let t = eval_transform(m.info, None, None);
     Ok((m.graph, t))
 }
+
+/// Eval-transform overrides (`--resize`, `--crop`, `--mean`, `--std`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TransformArgs {
+    /// Override the resize (short side) of the eval transform.
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Override the center crop of the eval transform.
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Normalisation mean, e.g. `0.485,0.456,0.406` (ImageNet's by default).
+    #[arg(long, value_parser = parse3)]
+    pub mean: Option<[f32; 3]>,
+    /// Normalisation std (ImageNet's by default).
+    #[arg(long, value_parser = parse3)]
+    pub std: Option<[f32; 3]>,
+}
+
+impl TransformArgs {
+    pub fn apply(&self, mut t: EvalTransform) -> EvalTransform {
+        t.resize = self.resize.unwrap_or(t.resize);
+        t.crop = self.crop.unwrap_or(t.crop);
+        t.mean = self.mean.unwrap_or(t.mean);
+        t.std = self.std.unwrap_or(t.std);
+        t
+    }
+}
+
+fn parse3(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x}: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(v).map_err(|_| format!("{s}: want three comma-separated numbers"))
+}

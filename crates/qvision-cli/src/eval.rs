@@ -25,6 +25,8 @@ pub struct Args {
     threads: Option<usize>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    transform: crate::common::TransformArgs,
 }
 
 /// `(path, label)` pairs: from `DIR/<label>/*` when there are sub-directories, else from the
@@ -90,6 +92,7 @@ fn top5(v: &[f32]) -> Vec<usize> {
 
 pub fn run(a: Args) -> Result<()> {
     let (graph, t) = crate::common::load_any(&a.model, a.weights.as_deref(), true, false)?;
+    let t = a.transform.apply(t);
     let opts = SessionOptions {
         threads: a.threads,
         ..Default::default()

@@ -32,26 +32,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Override the resize (short side) of the eval transform.
-    #[arg(long)]
-    resize: Option<usize>,
-    /// Override the center crop of the eval transform.
-    #[arg(long)]
-    crop: Option<usize>,
-    /// Normalisation mean for an imported ONNX model (default ImageNet's): `0.485,0.456,0.406`.
-    #[arg(long, value_parser = parse3)]
-    mean: Option<[f32; 3]>,
-    /// Normalisation std for an imported ONNX model (default ImageNet's).
-    #[arg(long, value_parser = parse3)]
-    std: Option<[f32; 3]>,
-}
-
-fn parse3(s: &str) -> Result<[f32; 3], String> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x}: {e}")))
-        .collect::<Result<_, _>>()?;
-    <[f32; 3]>::try_from(v).map_err(|_| format!("{s}: want three comma-separated numbers"))
+    #[command(flatten)]
+    transform: crate::common::TransformArgs,
 }
 
 #[derive(serde::Serialize)]
@@ -69,20 +51,13 @@ struct Prediction {
 pub fn run(a: Args) -> Result<()> {
     let (graph, transform) = if a.model.ends_with(".qvm") || crate::common::is_onnx(&a.model) {
         let (g, t) = crate::common::load_any(&a.model, None, true, false)?;
-        let mut t = override_transform(t, a.resize, a.crop);
-        if let Some(m) = a.mean {
-            t.mean = m;
-        }
-        if let Some(s) = a.std {
-            t.std = s;
-        }
-        (g, t)
+        (g, a.transform.apply(t))
     } else {
         let weights = a.weights.as_deref().ok_or_else(|| {
             anyhow::anyhow!("--weights FILE is required for a zoo model ('{}')", a.model)
         })?;
         let model = build_model(&a.model, Some(weights), !a.non_strict)?;
-        let t = eval_transform(model.info, a.resize, a.crop);
+        let t = a.transform.apply(eval_transform(model.info, None, None));
         (model.graph, t)
     };
     let session = Session::new(
@@ -150,14 +125,4 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     emit(&s)
-}
-
-fn override_transform(
-    mut t: qvision_io::transforms::EvalTransform,
-    resize: Option<usize>,
-    crop: Option<usize>,
-) -> qvision_io::transforms::EvalTransform {
-    t.resize = resize.unwrap_or(t.resize);
-    t.crop = crop.unwrap_or(t.crop);
-    t
 }

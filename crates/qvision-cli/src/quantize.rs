@@ -57,6 +57,8 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    transform: crate::common::TransformArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -85,6 +87,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         (model.graph, eval_transform(model.info, None, None))
     };
+    let t = a.transform.apply(t);
     let shape = vec![1, 3, t.crop, t.crop];
     // Inputs are made (decoded) one at a time during calibration: memory stays at one image.
     let files: Vec<PathBuf> = if a.calib == "synthetic" {

@@ -192,3 +192,37 @@ fn unsupported_ops_and_bad_files_are_named() {
         assert!(e.contains("cut.onnx") || e.contains("ONNX"), "{e}");
     }
 }
+
+#[test]
+fn imported_torchvision_exports_quantize() {
+    use qvision_quant::calibrate::ObserverKind;
+    use qvision_quant::{quantize_ptq, Backend, QConfig};
+    let exp = expected();
+    for name in ["squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x0_5"] {
+        let e = &exp[name];
+        let file = fixtures().join(e["file"].as_str().unwrap());
+        let imp = import(&std::fs::read(&file).unwrap(), name).unwrap();
+        let size = e["size"].as_u64().unwrap() as usize;
+        let cal = (0..4).map(|k| input(100 + k, &[1, 3, size, size], 4.0));
+        let (q, report) = quantize_ptq(
+            &imp.graph,
+            cal,
+            ObserverKind::MinMax,
+            QConfig::default_for(Backend::X86),
+            None,
+        )
+        .unwrap();
+        assert!(report.int8.len() > 10, "{name}: {:?}", report.fp32);
+        let fp = Session::new(&imp.graph, SessionOptions::default()).unwrap();
+        let qs = Session::new(&q, SessionOptions::default()).unwrap();
+        for seed in [7, 8] {
+            let x = input(seed, &[1, 3, size, size], 4.0);
+            let a = fp.run(vec![x.clone()]).unwrap();
+            let b = qs.run(vec![x]).unwrap();
+            let (a, b) = (a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
+            let db = qvision_quant::sqnr_db(a, b);
+            assert!(db >= 20.0, "{name}: {db:.1} dB");
+            assert_eq!(argmax(a), argmax(b), "{name}");
+        }
+    }
+}
