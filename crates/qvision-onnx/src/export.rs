@@ -578,6 +578,33 @@ impl<'a> Ex<'a> {
         Ok(y)
     }
 
+    /// A linear layer's activation, then its output: f32 logits as they are, else quantized.
+    fn linear_tail(
+        &mut self,
+        y: String,
+        act: Option<Activation>,
+        f32_out: bool,
+        output: Qp,
+        name: &str,
+        yname: String,
+    ) {
+        let y = match act {
+            Some(a) => self.act(a, y, name),
+            None => y,
+        };
+        if f32_out {
+            self.node(
+                "Identity",
+                format!("{name}/Identity"),
+                vec![y],
+                vec![yname],
+                vec![],
+            );
+        } else {
+            self.quantize(y, output, name, Some(yname));
+        }
+    }
+
     fn float_tensor(&self, v: ValueId, name: &str) -> Result<Vec<f32>, OnnxError> {
         self.g
             .tensor(v)
@@ -751,21 +778,8 @@ impl<'a> Ex<'a> {
                 let scales = self.float_tensor(n.inputs[3], name)?;
                 let sc: Vec<f32> = scales.iter().map(|s| s * input.0).collect();
                 let scn = self.const_f32(&format!("{name}.scale"), vec![o as i64], &sc);
-                let mut y = self.op1("Mul", name, vec![f, scn], vec![]);
-                if let Some(a) = act {
-                    y = self.act(*a, y, name);
-                }
-                if *f32_out {
-                    self.node(
-                        "Identity",
-                        format!("{name}/Identity"),
-                        vec![y],
-                        vec![yname],
-                        vec![],
-                    );
-                } else {
-                    self.quantize(y, *output, name, Some(yname));
-                }
+                let y = self.op1("Mul", name, vec![f, scn], vec![]);
+                self.linear_tail(y, *act, *f32_out, *output, name, yname);
                 y_nhwc = false;
             }
             QOp::Linear {
@@ -777,27 +791,14 @@ impl<'a> Ex<'a> {
                 let xd = self.dequantize(x, *input, name)?;
                 let (wd, bd) = self.q_weights(n, input.0, name)?;
                 let rank = self.shape(x, name)?.len();
-                let mut o = if rank == 2 {
+                let o = if rank == 2 {
                     self.op1("Gemm", name, vec![xd, wd, bd], vec![int("transB", 1)])
                 } else {
                     let t = self.op1("Transpose", name, vec![wd], vec![ints("perm", &[1, 0])]);
                     let m = self.op1("MatMul", name, vec![xd, t], vec![]);
                     self.op1("Add", name, vec![m, bd], vec![])
                 };
-                if let Some(a) = act {
-                    o = self.act(*a, o, name);
-                }
-                if *f32_out {
-                    self.node(
-                        "Identity",
-                        format!("{name}/Identity"),
-                        vec![o],
-                        vec![yname],
-                        vec![],
-                    );
-                } else {
-                    self.quantize(o, *output, name, Some(yname));
-                }
+                self.linear_tail(o, *act, *f32_out, *output, name, yname);
                 y_nhwc = false;
             }
             QOp::Add {

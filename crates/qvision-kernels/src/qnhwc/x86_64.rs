@@ -19,6 +19,36 @@ fn smooth_act(y: __m512, act: Option<(crate::Activation, f32)>) -> __m512 {
     unsafe { _mm512_loadu_ps(buf.as_ptr()) }
 }
 
+/// Requantize 16 accumulators (already shifted) and store the bytes of the `m` lanes:
+/// `y = a * mult [+ (r - zr) * mr]`, the smooth activation, clamp, round half to even, + zo.
+///
+/// # Safety
+/// AVX-512F/BW/VL (and FMA for the activation) are available; the residual and the output have
+/// the masked lanes' bytes.
+#[inline(always)]
+unsafe fn requant_store(
+    a: __m512i,
+    mult: __m512,
+    residual: Option<(*const u8, i32, f32)>,
+    act: Option<(crate::Activation, f32)>,
+    (lo, hi, zo): (__m512, __m512, __m512i),
+    m: __mmask16,
+    out: *mut u8,
+) {
+    let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mult);
+    if let Some((r, zr, mr)) = residual {
+        // SAFETY: the caller guarantees the residual's masked bytes.
+        let rb = unsafe { _mm_maskz_loadu_epi8(m, r.cast()) };
+        let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
+        y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
+    }
+    let y = smooth_act(y, act);
+    let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+    let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
+    // SAFETY: the caller guarantees the output's masked bytes.
+    unsafe { _mm_mask_storeu_epi8(out.cast(), m, _mm512_cvtusepi32_epi8(q)) };
+}
+
 /// Four activation bytes as one i32 lane value; the last quad of a tap may be partial (its
 /// weights are zero, but only `len` bytes may be read).
 #[inline(always)]
@@ -119,23 +149,20 @@ unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
             }
             // SAFETY: row i, vector j lies inside the accumulator array.
             let a = unsafe { _mm512_loadu_si512(acc.as_ptr().add(i * NBLK + j * 16).cast()) };
-            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, shift[j])), mult[j]);
-            if let Some((res, zr, mr)) = f.residual {
-                // SAFETY: the residual row has `width` valid bytes at this offset; the mask
-                // limits the load to them.
-                let rb = unsafe { _mm_maskz_loadu_epi8(masks[j], res[i].add(j * 16).cast()) };
-                let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
-                y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
-            }
-            let y = smooth_act(y, f.act);
-            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
-            // SAFETY: output row i has `width` writable bytes here, owned by this tile.
+            let res = f
+                .residual
+                .map(|(r, zr, mr)| (r[i].wrapping_add(j * 16), zr, mr));
+            // SAFETY: output (and residual) row i has `width` valid bytes at this offset, owned
+            // by this tile; the mask limits the accesses to them.
             unsafe {
-                _mm_mask_storeu_epi8(
-                    f.out[i].add(j * 16).cast(),
+                requant_store(
+                    _mm512_add_epi32(a, shift[j]),
+                    mult[j],
+                    res,
+                    f.act,
+                    (lo, hi, zo),
                     masks[j],
-                    _mm512_cvtusepi32_epi8(q),
+                    f.out[i].add(j * 16),
                 )
             };
         }
@@ -187,16 +214,8 @@ pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>) {
                 a = _mm512_add_epi32(a, _mm512_mullo_epi32(xv, wv));
             }
             let mv = _mm512_maskz_loadu_ps(m, p.mult.as_ptr().add(c0));
-            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mv);
-            if let Some((r, zr, mr)) = p.residual {
-                let rb = _mm_maskz_loadu_epi8(m, r.add(c0).cast());
-                let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
-                y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
-            }
-            let y = smooth_act(y, p.act);
-            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
-            _mm_mask_storeu_epi8(p.out.add(c0).cast(), m, _mm512_cvtusepi32_epi8(q));
+            let res = p.residual.map(|(r, zr, mr)| (r.add(c0), zr, mr));
+            requant_store(a, mv, res, p.act, (lo, hi, zo), m, p.out.add(c0));
         }
         c0 += 16;
     }
@@ -272,16 +291,8 @@ pub(crate) unsafe fn dw_run<const K: usize>(p: &DwRun<'_>) {
                         a = _mm512_add_epi32(a, _mm512_mullo_epi32(xv, *wk));
                     }
                 }
-                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mv);
-                if let Some((r, zr, mr)) = p.residual {
-                    let rb = _mm_maskz_loadu_epi8(m, r.add(ox * c + c0).cast());
-                    let rv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(zr));
-                    y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
-                }
-                let y = smooth_act(y, p.act);
-                let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
-                _mm_mask_storeu_epi8(p.out.add(ox * c + c0).cast(), m, _mm512_cvtusepi32_epi8(q));
+                let res = p.residual.map(|(r, zr, mr)| (r.add(ox * c + c0), zr, mr));
+                requant_store(a, mv, res, p.act, (lo, hi, zo), m, p.out.add(ox * c + c0));
             }
         }
         c0 += 16;
