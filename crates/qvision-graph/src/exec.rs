@@ -218,8 +218,10 @@ impl Session {
                     )
                 {
                     if let Some(t) = env[i.0].take() {
-                        if let Ok(v) = t.into_f32() {
-                            buffers::recycle(v);
+                        match t.into_data() {
+                            qvision_tensor::Data::F32(v) => buffers::recycle(v),
+                            qvision_tensor::Data::U8(v) => buffers::recycle_u8(v),
+                            _ => {}
                         }
                     }
                 }

@@ -54,7 +54,7 @@ crate::isa::multiversion!(fn dequantize_slice(x: &[u8], q: Q, out: &mut [f32]) =
 /// f32 to u8 keeping the layout (`x * (1/scale)`, as PyTorch's `quantize_per_tensor`).
 pub fn quantize(x: &[f32], q: Q) -> Vec<u8> {
     let isa = isa::current();
-    let mut out = vec![0u8; x.len()];
+    let mut out = qvision_tensor::pool::take_u8(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, s)| quantize_slice(isa, s, q, o));
@@ -85,7 +85,7 @@ pub fn quantize_to_nhwc(
             format!("input has {} values, want {n}x{c}x{hw}", x.len()),
         ));
     }
-    let mut out = vec![0u8; x.len()];
+    let mut out = qvision_tensor::pool::take_u8(x.len());
     if out.is_empty() {
         return Ok(out);
     }
@@ -128,7 +128,7 @@ pub fn quantize_blocked_to_nhwc(
             ),
         ));
     }
-    let mut out = vec![0u8; n * hw * c];
+    let mut out = qvision_tensor::pool::take_u8(n * hw * c);
     if out.is_empty() {
         return Ok(out);
     }
@@ -186,7 +186,7 @@ pub fn requant_table(input: Q, output: Q, act: Option<Activation>) -> [u8; 256] 
 
 /// Apply a byte table.
 pub fn lut(x: &[u8], table: &[u8; 256]) -> Vec<u8> {
-    let mut out = vec![0u8; x.len()];
+    let mut out = qvision_tensor::pool::take_u8(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, s)| {
@@ -262,7 +262,7 @@ pub fn binary(
         relu,
     };
     let isa = isa::current();
-    let mut o = vec![0u8; a.len()];
+    let mut o = qvision_tensor::pool::take_u8(a.len());
     if b.len() == a.len() {
         o.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
@@ -360,7 +360,7 @@ pub fn channel_affine(
     let f: Vec<f32> = scale.iter().map(|s| input.scale * s / out.scale).collect();
     let g: Vec<f32> = shift.iter().map(|s| s / out.scale).collect();
     let isa = isa::current();
-    let mut o = vec![0u8; x.len()];
+    let mut o = qvision_tensor::pool::take_u8(x.len());
     let rows = (CHUNK / c).max(1) * c;
     o.par_chunks_mut(rows)
         .zip(x.par_chunks(rows))
@@ -395,7 +395,8 @@ pub fn max_pool(
 ) -> Result<(Vec<u8>, usize, usize), KernelError> {
     let (oh, ow) = p.output_size(h, w)?;
     check(x, n * h * w * c, "max_pool2d")?;
-    let mut out = vec![0u8; n * oh * ow * c];
+    let mut out = qvision_tensor::pool::take_u8(n * oh * ow * c);
+    out.fill(0);
     let isa = isa::current();
     out.par_chunks_mut((ow * c).max(1))
         .enumerate()
@@ -449,7 +450,7 @@ fn avg_windows(
     input: Q,
     out: Q,
 ) -> Vec<u8> {
-    let mut y = vec![0u8; n * oh * ow * c];
+    let mut y = qvision_tensor::pool::take_u8(n * oh * ow * c);
     if y.is_empty() {
         return y;
     }
@@ -566,7 +567,7 @@ pub fn gather_channels(pixels: usize, parts: &[ChannelPiece<'_>]) -> Result<Vec<
         }
         let _ = count;
     }
-    let mut out = vec![0u8; pixels * c];
+    let mut out = qvision_tensor::pool::take_u8(pixels * c);
     if out.is_empty() {
         return Ok(out);
     }
@@ -607,7 +608,7 @@ pub fn channel_shuffle(
         ));
     }
     let per = c / groups;
-    let mut out = vec![0u8; x.len()];
+    let mut out = qvision_tensor::pool::take_u8(x.len());
     out.par_chunks_mut(c)
         .zip(x.par_chunks(c))
         .for_each(|(o, s)| {

@@ -1,4 +1,4 @@
-//! A process-wide pool of f32 buffers.
+//! Process-wide pools of f32 and u8 buffers.
 //!
 //! Activations are large and short-lived; allocating them fresh for every op makes the allocator
 //! hand pages back to the OS and fault them in again, which costs more than some convolutions.
@@ -11,12 +11,27 @@ const MAX_BUFFERS: usize = 64;
 const MAX_BYTES: usize = 1 << 30;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static POOL_U8: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A buffer of `len` values whose contents are unspecified (but initialised): callers must
 /// overwrite every element they read.
 pub fn take(len: usize) -> Vec<f32> {
+    take_from(&POOL, len)
+}
+
+/// A u8 buffer of `len` values with unspecified (initialised) contents, as [`take`].
+pub fn take_u8(len: usize) -> Vec<u8> {
+    take_from(&POOL_U8, len)
+}
+
+/// Give a u8 buffer back for reuse.
+pub fn recycle_u8(v: Vec<u8>) {
+    recycle_to(&POOL_U8, v)
+}
+
+fn take_from<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
     let found = {
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         let best = pool
             .iter()
             .enumerate()
@@ -30,11 +45,11 @@ pub fn take(len: usize) -> Vec<f32> {
             if v.len() >= len {
                 v.truncate(len);
             } else {
-                v.resize(len, 0.0);
+                v.resize(len, T::default());
             }
             v
         }
-        None => vec![0.0; len],
+        None => vec![T::default(); len],
     }
 }
 
@@ -47,12 +62,17 @@ pub fn take_zeroed(len: usize) -> Vec<f32> {
 
 /// Give a buffer back for reuse.
 pub fn recycle(v: Vec<f32>) {
-    if v.capacity() < 1024 {
+    recycle_to(&POOL, v)
+}
+
+fn recycle_to<T>(pool: &Mutex<Vec<Vec<T>>>, v: Vec<T>) {
+    let size = std::mem::size_of::<T>();
+    if v.capacity() * size < 4096 {
         return;
     }
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let bytes: usize = pool.iter().map(|b| b.capacity() * 4).sum();
-    if pool.len() < MAX_BUFFERS && bytes + v.capacity() * 4 <= MAX_BYTES {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes: usize = pool.iter().map(|b| b.capacity() * size).sum();
+    if pool.len() < MAX_BUFFERS && bytes + v.capacity() * size <= MAX_BYTES {
         pool.push(v);
     }
 }

@@ -163,7 +163,8 @@ impl PreparedQConv {
             ));
         }
         let (oh, ow) = p.output_size(h, w)?;
-        let mut y = vec![0u8; n * oh * ow * p.out_channels];
+        // every output byte is written below
+        let mut y = qvision_tensor::pool::take_u8(n * oh * ow * p.out_channels);
         if residual.is_some_and(|r| r.0.len() != y.len()) {
             return Err(shape_err("qconv2d", "residual does not match the output"));
         }
@@ -292,6 +293,7 @@ impl PreparedQConv {
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
+        let pointwise = taps == 1 && p.stride == [1, 1] && p.padding == [0, 0];
         items.par_iter().for_each(|&(s, b, c)| {
             let pb = &packed[s];
             let (col0, nb, off) = pb.blocks[b];
@@ -301,19 +303,36 @@ impl PreparedQConv {
             let mut tmp = [0f32; NBLK];
             for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
                 let p0 = tile * MR;
-                for i in 0..MR {
-                    let px = (p0 + i).min(m - 1);
-                    let (bi, rem) = (px / (g.oh * g.ow), px % (g.oh * g.ow));
-                    let (oy, ox) = (rem / g.ow, rem % g.ow);
-                    for ky in 0..p.kernel[0] {
-                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                            - p.padding[0] as isize;
-                        for kx in 0..p.kernel[1] {
-                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                                - p.padding[1] as isize;
-                            let t = ky * p.kernel[1] + kx;
-                            rows[t * MR + i] =
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                if pointwise {
+                    // a 1x1 stride-1 unpadded conv: row i is pixel p0+i, no coordinates
+                    for (i, r) in rows.iter_mut().enumerate().take(MR) {
+                        let at = (p0 + i).min(m - 1) * g.cin + s * cin_sg;
+                        *r = RowPtr(x[at..at + cin_sg].as_ptr());
+                    }
+                } else {
+                    // coordinates of the tile's first pixel, then stepped (no divisions per row)
+                    let first = p0.min(m - 1);
+                    let (mut bi, rem) = (first / (g.oh * g.ow), first % (g.oh * g.ow));
+                    let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+                    for i in 0..MR {
+                        if p0 + i >= m {
+                            // past the end: repeat the last real row (its results are dropped)
+                            for t in 0..taps {
+                                rows[t * MR + i] = rows[t * MR + i - 1];
+                            }
+                            continue;
+                        }
+                        for ky in 0..p.kernel[0] {
+                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                - p.padding[0] as isize;
+                            for kx in 0..p.kernel[1] {
+                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                    - p.padding[1] as isize;
+                                let t = ky * p.kernel[1] + kx;
+                                rows[t * MR + i] = if iy >= 0
+                                    && ix >= 0
+                                    && (iy as usize) < g.h
+                                    && (ix as usize) < g.w
                                 {
                                     let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * g.cin
                                         + s * cin_sg;
@@ -321,6 +340,16 @@ impl PreparedQConv {
                                 } else {
                                     RowPtr(zbuf.as_ptr())
                                 };
+                            }
+                        }
+                        ox += 1;
+                        if ox == g.ow {
+                            ox = 0;
+                            oy += 1;
+                            if oy == g.oh {
+                                oy = 0;
+                                bi += 1;
+                            }
                         }
                     }
                 }
