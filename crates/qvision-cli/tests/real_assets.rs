@@ -213,11 +213,21 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
     )
     .unwrap();
     std::fs::write(&onnx, bytes).unwrap();
+    // and the fp32 model, on the same real images
+    let onnx32 = tmp.join("mobilenet_v2_fp32.onnx");
+    let bytes = qvision_onnx::to_bytes(
+        &model.graph,
+        &qvision_onnx::ExportOptions::new(13, true, vec![1, 3, t.crop, t.crop]),
+    )
+    .unwrap();
+    std::fs::write(&onnx32, bytes).unwrap();
     let n = int8_top1.len();
     let raw: Vec<u8> = batch.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(tmp.join("x.in"), raw).unwrap();
-    let job = serde_json::json!([{"onnx": onnx, "input": tmp.join("x.in"),
-        "shape": [n, 3, t.crop, t.crop], "output": tmp.join("y.out")}]);
+    let job = serde_json::json!([
+        {"onnx": onnx, "input": tmp.join("x.in"), "shape": [n, 3, t.crop, t.crop], "output": tmp.join("y.out")},
+        {"onnx": onnx32, "input": tmp.join("x.in"), "shape": [n, 3, t.crop, t.crop], "output": tmp.join("y32.out")},
+    ]);
     std::fs::write(tmp.join("job.json"), job.to_string()).unwrap();
     let out = Command::new("python3")
         .env("PYTHONPATH", &pp)
@@ -227,7 +237,7 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        line.contains("\"ok\": true"),
+        line.matches("\"ok\": true").count() == 2,
         "{line} {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -249,6 +259,23 @@ fn mobilenet_v2_int8_ptq_keeps_its_accuracy() {
     assert!(
         ort_agree >= 19,
         "ONNX Runtime int8 top-1 agrees on {ort_agree}/{n}"
+    );
+    let y32: Vec<f32> = std::fs::read(tmp.join("y32.out"))
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let x = qvision_tensor::Tensor::from_f32(vec![n, 3, t.crop, t.crop], batch.clone()).unwrap();
+    let ours = fp.run(vec![x]).unwrap();
+    let ours = ours[0].as_f32().unwrap();
+    let tol = 1e-4 * ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(&y32)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= tol,
+        "fp32 export in ONNX Runtime: max |diff| {diff} > {tol}"
     );
     std::fs::remove_dir_all(&tmp).ok();
 }
