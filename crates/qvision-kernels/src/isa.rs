@@ -2,7 +2,7 @@
 //!
 //! Kernels are written once as portable Rust (`#[inline(always)]` bodies) and compiled again
 //! inside `#[target_feature]` wrappers; [`current`] picks the best the CPU has. No artifact is
-//! built with `target-cpu=native`. `QVISION_ISA=scalar|avx2|avx512` forces a path (clamped to
+//! built with `target-cpu=native`. `QVISION_ISA=scalar|avx2|avxvnni|avx512` forces a path (clamped to
 //! what the CPU supports), so every path can be tested on one machine.
 
 use std::sync::OnceLock;
@@ -68,51 +68,75 @@ pub enum Int8Isa {
     /// The portable kernel compiled for AVX2 (exact 32-bit accumulation, no `vpmaddubsw`
     /// saturation).
     Avx2,
+    /// AVX-VNNI (`vpdpbusd` on 256-bit registers: Alder Lake and later client cores, which
+    /// have no AVX-512).
+    AvxVnni,
     /// AVX-512 VNNI `vpdpbusd` (with F/BW/VL, AVX2, FMA): four u8 x s8 products summed into each
     /// i32 lane.
     Avx512Vnni,
 }
 
-/// The best int8 level this CPU supports.
-pub fn best_int8() -> Int8Isa {
+/// Whether this CPU can run an int8 level.
+pub fn supports_int8(level: Int8Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
-            return Int8Isa::Avx512Vnni;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Int8Isa::Avx2;
-        }
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        return match level {
+            Int8Isa::Scalar => true,
+            Int8Isa::Avx2 => avx2,
+            Int8Isa::AvxVnni => avx2 && std::is_x86_feature_detected!("avxvnni"),
+            Int8Isa::Avx512Vnni => {
+                avx2 && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+        };
     }
-    Int8Isa::Scalar
+    #[allow(unreachable_code)]
+    {
+        level == Int8Isa::Scalar
+    }
 }
 
-/// The int8 level in use: [`best_int8`], or what `QVISION_ISA` names (clamped to the CPU).
+/// The best int8 level this CPU supports.
+pub fn best_int8() -> Int8Isa {
+    [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2]
+        .into_iter()
+        .find(|&l| supports_int8(l))
+        .unwrap_or(Int8Isa::Scalar)
+}
+
+/// The int8 level in use: [`best_int8`], or what `QVISION_ISA` names if the CPU has it
+/// (`avx2`, `avxvnni`, `vnni`/`avx512`/`amx` for AVX-512 VNNI), else the best level below it.
 pub fn current_int8() -> Int8Isa {
     static ISA: OnceLock<Int8Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = best_int8();
-        match std::env::var("QVISION_ISA").as_deref() {
+        let want = match std::env::var("QVISION_ISA").as_deref() {
             Ok("scalar") => Int8Isa::Scalar,
-            Ok("avx2") => Int8Isa::Avx2.min(best),
-            Ok("avx512") | Ok("vnni") | Ok("amx") => Int8Isa::Avx512Vnni.min(best),
-            _ => best,
-        }
+            Ok("avx2") => Int8Isa::Avx2,
+            Ok("avxvnni") => Int8Isa::AvxVnni,
+            _ => Int8Isa::Avx512Vnni,
+        };
+        available_int8()
+            .into_iter()
+            .filter(|&l| l <= want)
+            .max()
+            .unwrap_or(Int8Isa::Scalar)
     })
 }
 
 /// Every int8 level this CPU can run, for differential tests.
 pub fn available_int8() -> Vec<Int8Isa> {
-    [Int8Isa::Scalar, Int8Isa::Avx2, Int8Isa::Avx512Vnni]
-        .into_iter()
-        .filter(|&i| i <= best_int8())
-        .collect()
+    [
+        Int8Isa::Scalar,
+        Int8Isa::Avx2,
+        Int8Isa::AvxVnni,
+        Int8Isa::Avx512Vnni,
+    ]
+    .into_iter()
+    .filter(|&i| supports_int8(i))
+    .collect()
 }
 
 /// Every ISA this CPU can run, for differential tests.

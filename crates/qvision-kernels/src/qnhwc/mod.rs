@@ -153,7 +153,7 @@ pub(crate) fn requant_row_body(acc: &[i32], e: &Epilogue<'_>, tmp: &mut [f32], o
 pub(crate) fn float_isa(isa: Int8Isa) -> Isa {
     match isa {
         Int8Isa::Scalar => Isa::Scalar,
-        Int8Isa::Avx2 => Isa::Avx2,
+        Int8Isa::Avx2 | Int8Isa::AvxVnni => Isa::Avx2,
         Int8Isa::Avx512Vnni => Isa::Avx512,
     }
 }
@@ -233,6 +233,13 @@ pub(crate) fn run_tile(
             }
         }
         return fused.is_some();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Int8Isa::AvxVnni {
+        // SAFETY: AVX-VNNI and AVX2 were detected (`supports_int8`); the same contract as the
+        // AVX-512 tile (row pointers with `cin` bytes per tap, a whole packed block).
+        unsafe { x86_64::tile_avxvnni(rows, taps, cin, b, nb, acc) };
+        return false;
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Int8Isa::Avx2 {

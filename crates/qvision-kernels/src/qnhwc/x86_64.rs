@@ -298,3 +298,58 @@ pub(crate) unsafe fn dw_run<const K: usize>(p: &DwRun<'_>) {
         c0 += 16;
     }
 }
+
+/// The AVX-VNNI tile: the same work as [`tile_vnni`] on 256-bit registers, one group of 16
+/// output channels (two vectors) at a time, 6 rows x 2 accumulators; the portable epilogue
+/// requantizes the stored sums.
+///
+/// # Safety
+/// The CPU supports AVX-VNNI and AVX2; `rows[t * MR + i]` has `cin` readable bytes for every
+/// tap and row; `b` holds the block: `taps * ceil(cin/4)` groups of `nb * 16` columns x 4 bytes.
+#[target_feature(enable = "avxvnni,avx2,fma")]
+pub(crate) unsafe fn tile_avxvnni(
+    rows: &[RowPtr],
+    taps: usize,
+    cin: usize,
+    b: &[i8],
+    nb: usize,
+    acc: &mut [i32; MR * NBLK],
+) {
+    let (full, tail) = (cin / 4, cin % 4);
+    let quads = cin.div_ceil(4);
+    let width = nb * 16;
+    for v in 0..nb {
+        let mut c = [[_mm256_setzero_si256(); 2]; MR];
+        for t in 0..taps {
+            let mut r = [std::ptr::null::<u8>(); MR];
+            for (i, p) in r.iter_mut().enumerate() {
+                *p = rows[t * MR + i].0;
+            }
+            for g in 0..quads {
+                let len = if g < full { 4 } else { tail };
+                // SAFETY: group (t, g), columns v*16..v*16+16 lie inside the packed block.
+                let (b0, b1) = unsafe {
+                    let bp = b.as_ptr().add(((t * quads + g) * width + v * 16) * 4);
+                    (
+                        _mm256_loadu_si256(bp.cast()),
+                        _mm256_loadu_si256(bp.add(32).cast()),
+                    )
+                };
+                for (i, ci) in c.iter_mut().enumerate() {
+                    // SAFETY: bytes 4g..4g+len of tap t of row i are readable.
+                    let a = _mm256_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
+                    ci[0] = _mm256_dpbusd_avx_epi32(ci[0], a, b0);
+                    ci[1] = _mm256_dpbusd_avx_epi32(ci[1], a, b1);
+                }
+            }
+        }
+        for (i, ci) in c.iter().enumerate() {
+            for (h, x) in ci.iter().enumerate() {
+                // SAFETY: row i, columns v*16 + h*8 .. +8 lie inside the accumulator array.
+                unsafe {
+                    _mm256_storeu_si256(acc.as_mut_ptr().add(i * NBLK + v * 16 + h * 8).cast(), *x)
+                };
+            }
+        }
+    }
+}
