@@ -278,26 +278,19 @@ impl PreparedQConv {
         let m = g.n * g.oh * g.ow;
         let tiles = m.div_ceil(MR);
         let zbuf = vec![self.out.za; cin_sg.max(4)];
-        let units: Vec<(usize, usize)> = packed
-            .iter()
-            .enumerate()
-            .flat_map(|(s, pb)| (0..pb.blocks.len()).map(move |b| (s, b)))
-            .collect();
+        // work items: (super-group, run of tiles); each tile's row pointers serve every block
         let threads = rayon::current_num_threads().max(1);
-        let chunks = (8 * threads).div_ceil(units.len()).min(tiles).max(1);
+        let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
         let per_chunk = tiles.div_ceil(chunks);
-        let items: Vec<(usize, usize, usize)> = units
-            .iter()
-            .flat_map(|&(s, b)| (0..tiles.div_ceil(per_chunk)).map(move |c| (s, b, c)))
+        let items: Vec<(usize, usize)> = (0..packed.len())
+            .flat_map(|s| (0..tiles.div_ceil(per_chunk)).map(move |c| (s, c)))
             .collect();
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
         let pointwise = taps == 1 && p.stride == [1, 1] && p.padding == [0, 0];
-        items.par_iter().for_each(|&(s, b, c)| {
+        items.par_iter().for_each(|&(s, c)| {
             let pb = &packed[s];
-            let (col0, nb, off) = pb.blocks[b];
-            let width = (pb.n - col0).min(NBLK);
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
@@ -353,52 +346,55 @@ impl PreparedQConv {
                         }
                     }
                 }
-                let c0 = s * cout_sg + col0;
-                let valid = MR.min(m - p0);
-                let fused = {
-                    let mut o = [std::ptr::null_mut(); MR];
-                    let mut r = [std::ptr::null(); MR];
+                for &(col0, nb, off) in &pb.blocks {
+                    let width = (pb.n - col0).min(NBLK);
+                    let c0 = s * cout_sg + col0;
+                    let valid = MR.min(m - p0);
+                    let fused = {
+                        let mut o = [std::ptr::null_mut(); MR];
+                        let mut r = [std::ptr::null(); MR];
+                        for i in 0..valid {
+                            let at = (p0 + i) * g.cout + c0;
+                            // SAFETY: in bounds of the output (and residual, same layout).
+                            o[i] = unsafe { out.get().add(at) };
+                            if let Some((rd, _, _)) = residual {
+                                r[i] = rd[at..].as_ptr();
+                            }
+                        }
+                        let (lo, hi) = e0.bounds();
+                        Fused {
+                            out: o,
+                            residual: residual.map(|(_, z, m)| (r, z, m)),
+                            rows: valid,
+                            width,
+                            shift: self.shift[c0..].as_ptr(),
+                            mult: self.out.multiplier[c0..].as_ptr(),
+                            lo,
+                            hi,
+                            zo: e0.zo,
+                            act: e0.smooth(),
+                        }
+                    };
+                    if run_tile(
+                        isa,
+                        &rows,
+                        taps,
+                        cin_sg,
+                        &pb.data[off..],
+                        nb,
+                        &mut acc,
+                        Some(&fused),
+                    ) {
+                        continue;
+                    }
                     for i in 0..valid {
                         let at = (p0 + i) * g.cout + c0;
-                        // SAFETY: in bounds of the output (and residual, same layout).
-                        o[i] = unsafe { out.get().add(at) };
-                        if let Some((rd, _, _)) = residual {
-                            r[i] = rd[at..].as_ptr();
-                        }
+                        let e = self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)));
+                        // SAFETY: row p0+i, columns c0..c0+width of the output belong to this
+                        // item alone (items partition tiles x super-groups).
+                        let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
+                        requant_row(fisa, &acc[i * NBLK..], &e, &mut tmp[..width], o);
                     }
-                    let (lo, hi) = e0.bounds();
-                    Fused {
-                        out: o,
-                        residual: residual.map(|(_, z, m)| (r, z, m)),
-                        rows: valid,
-                        width,
-                        shift: self.shift[c0..].as_ptr(),
-                        mult: self.out.multiplier[c0..].as_ptr(),
-                        lo,
-                        hi,
-                        zo: e0.zo,
-                        act: e0.smooth(),
-                    }
-                };
-                if run_tile(
-                    isa,
-                    &rows,
-                    taps,
-                    cin_sg,
-                    &pb.data[off..],
-                    nb,
-                    &mut acc,
-                    Some(&fused),
-                ) {
-                    continue;
-                }
-                for i in 0..valid {
-                    let at = (p0 + i) * g.cout + c0;
-                    let e = self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)));
-                    // SAFETY: row p0+i, columns c0..c0+width of the output belong to this
-                    // item alone (items partition tiles x super-groups x blocks).
-                    let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
-                    requant_row(fisa, &acc[i * NBLK..], &e, &mut tmp[..width], o);
                 }
             }
         });
