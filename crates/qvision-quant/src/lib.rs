@@ -2,9 +2,10 @@
 //! ([`qconfig`]), observers that watch calibration data and choose quantization parameters
 //! ([`observer`]), and the parameter arithmetic itself ([`qparams`]).
 //!
-//! Status: this crate holds the observers and qparams of the PTQ work. Fusion, prepare/convert
-//! passes and the int8 graph arrive with the rest of that work; the int8 GEMM they will run is
-//! `qvision_kernels::qgemm`.
+//! The PTQ sequence, as PyTorch's eager mode has it: [`prepare`] (fuse), [`Prepared`] (observe
+//! and [`Prepared::calibrate`]), [`convert`](convert::convert) to an int8 graph that runs on
+//! `qvision_kernels::qnhwc` and `qops`; [`QConfigMapping`] chooses per node; [`report`] measures
+//! each layer's error. [`quantize_ptq`] does it in one call.
 
 pub mod calibrate;
 pub mod convert;
