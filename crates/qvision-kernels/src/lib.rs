@@ -1,7 +1,9 @@
 //! Compute kernels for qvision, kept apart from the graph (as tract keeps `linalg`).
 //!
-//! Every kernel works on contiguous NCHW slices with explicit shapes. Each optimised path has a
-//! plain scalar reference in [`reference`] that the tests compare against.
+//! Kernels work on contiguous slices with explicit shapes: fp32 in NCHW or the blocked NCHW16c
+//! layout ([`blocked`]), int8 on NHWC u8 activations ([`qnhwc`], [`qops`]). Each optimised path
+//! has a scalar reference (in [`reference`], or the portable body it is compiled from) that the
+//! tests compare against.
 
 pub mod act;
 pub mod blocked;
