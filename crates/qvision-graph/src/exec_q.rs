@@ -12,7 +12,7 @@ use qvision_tensor::Tensor;
 pub(crate) enum QPrepared {
     None,
     /// Conv or linear layer with packed weights.
-    Conv(PreparedQConv),
+    Conv(Box<PreparedQConv>),
     /// A byte table per input (`None`: copy as is).
     Tables(Vec<Option<Box<[u8; 256]>>>),
 }
@@ -47,7 +47,7 @@ pub(crate) fn prepare(g: &Graph, n: &Node, op: &QOp) -> Result<QPrepared, GraphE
             act,
         };
         PreparedQConv::new(params, w, Some(b), out)
-            .map(QPrepared::Conv)
+            .map(|c| QPrepared::Conv(Box::new(c)))
             .map_err(|e| GraphError::from_kernel(&n.name, op.kind(), e))
     };
     Ok(match op {

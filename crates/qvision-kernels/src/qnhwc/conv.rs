@@ -27,8 +27,14 @@ enum Mode {
     /// One packed GEMM per super-group of `per` groups.
     Gemm { per: usize, packed: Vec<PackedQB> },
     /// Direct depthwise: weights widened to i32, `[tap][channel]`, and `bias - za * sum(w)`
-    /// for the SIMD path (whose padding taps read the zero point).
-    Depthwise { w: Vec<i32>, shift_zp: Vec<i32> },
+    /// for the SIMD path (whose padding taps read the zero point); for 3x3 / 5x5 kernels on
+    /// x86_64, the tap-paired form of the AVX-512 interior kernel.
+    Depthwise {
+        w: Vec<i32>,
+        shift_zp: Vec<i32>,
+        #[cfg(target_arch = "x86_64")]
+        paired: Option<super::x86_64::PairedDw>,
+    },
 }
 
 /// A quantized convolution with weights packed once.
@@ -85,12 +91,23 @@ impl PreparedQConv {
                     w[t * c + ch] = weight[ch * taps + t] as i32;
                 }
             }
-            let shift_zp = (0..c)
+            let shift_zp: Vec<i32> = (0..c)
                 .map(|ch| bias(ch) - out.za as i32 * (0..taps).map(|t| w[t * c + ch]).sum::<i32>())
                 .collect();
+            #[cfg(target_arch = "x86_64")]
+            // (measured: faster from 64 channels on; at 32 the 16-lane kernel wins)
+            let paired = (params.kernel[0] == params.kernel[1]
+                && matches!(params.kernel[0], 3 | 5)
+                && c >= 64)
+                .then(|| super::x86_64::PairedDw::new(&w, taps, c, &shift_zp, &out.multiplier));
             return Ok(PreparedQConv {
                 params,
-                mode: Mode::Depthwise { w, shift_zp },
+                mode: Mode::Depthwise {
+                    w,
+                    shift_zp,
+                    #[cfg(target_arch = "x86_64")]
+                    paired,
+                },
                 shift: (0..c).map(bias).collect(),
                 out,
             });
@@ -182,8 +199,12 @@ impl PreparedQConv {
         };
         match &self.mode {
             #[cfg(target_arch = "x86_64")]
-            Mode::Depthwise { w: wt, shift_zp } if isa == Int8Isa::Avx512Vnni => {
-                self.depthwise_avx512(x, &g, wt, shift_zp, residual, &mut y)
+            Mode::Depthwise {
+                w: wt,
+                shift_zp,
+                paired,
+            } if isa == Int8Isa::Avx512Vnni => {
+                self.depthwise_avx512(x, &g, wt, shift_zp, paired.as_ref(), residual, &mut y)
             }
             Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
             Mode::Gemm { per, packed } => self.gemm(isa, x, &g, *per, packed, residual, &mut y),
@@ -408,10 +429,11 @@ impl PreparedQConv {
         g: &Geom,
         wt: &[i32],
         shift_zp: &[i32],
+        paired: Option<&super::x86_64::PairedDw>,
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        use super::x86_64::{dw_pixel, dw_run, DwPixel, DwRun};
+        use super::x86_64::{dw_pixel, dw_run, dw_run_paired, DwPixel, DwRun};
         let p = &self.params;
         let c = g.cout;
         let zbuf = vec![self.out.za; c];
@@ -472,10 +494,11 @@ impl PreparedQConv {
                     // all taps inside the row, weights hold k*k*c values and the output and
                     // residual rows ow*c bytes.
                     unsafe {
-                        if k == 3 {
-                            dw_run::<3>(&run)
-                        } else {
-                            dw_run::<5>(&run)
+                        match (k, paired) {
+                            (3, Some(pd)) => dw_run_paired::<3>(&run, pd),
+                            (5, Some(pd)) => dw_run_paired::<5>(&run, pd),
+                            (3, None) => dw_run::<3>(&run),
+                            _ => dw_run::<5>(&run),
                         }
                     };
                     ox_lo..ox_hi

@@ -154,6 +154,35 @@ proptest! {
     }
 
     #[test]
+    fn wide_depthwise_matches_the_reference(c in 64usize..200, k in prop_oneof![Just(3usize), Just(5)], s in 1usize..3,
+                                            pad in 0usize..3, d in 1usize..3, hw in (1usize..8, 1usize..12),
+                                            za in 0u8..=255, zo in 0u8..=255, act in 0usize..3, res in any::<bool>(), seed in any::<u64>()) {
+        // 64+ channels take the tap-paired AVX-512 kernel for interior pixels
+        let p = Conv2dParams { in_channels: c, out_channels: c, kernel: [k, k], stride: [s, s],
+                               padding: [pad.min(k - 1); 2], dilation: [d, d], groups: c };
+        let (h, w) = (hw.0 + d * k, hw.1 + d * k);
+        let x = bytes(h * w * c, seed);
+        let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..c as i32).map(|i| (i * 977 - 5000) * (seed as i32 % 7)).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: (0..c).map(|i| 0.003 * (1.0 + i as f32 / 50.0)).collect(),
+            zo,
+            out_scale: 0.05,
+            act: [None, Some(crate::Activation::Relu), Some(crate::Activation::Relu6)][act],
+        };
+        let (oh, ow) = p.output_size(h, w).unwrap();
+        let r = bytes(oh * ow * c, seed ^ 9);
+        let residual = res.then_some((r.as_slice(), 77, 0.37));
+        let want = reference(&p, &x, 1, h, w, &wt, &bias, &out, residual);
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        for isa in isa::available_int8() {
+            let (got, _, _) = conv.run_isa(isa, &x, 1, h, w, residual).unwrap();
+            prop_assert!(got == want, "{:?} {:?}", isa, p);
+        }
+    }
+
+    #[test]
     fn smooth_activations_agree_within_one_step(c in case(), za in 0u8..=255, zo in 0u8..=255, act in 0usize..4, seed in any::<u64>()) {
         let p = c.p;
         let x = bytes(c.n * c.h * c.w * p.in_channels, seed);

@@ -353,3 +353,131 @@ pub(crate) unsafe fn tile_avxvnni(
         }
     }
 }
+
+/// Depthwise weights for [`dw_run_paired`]: taps in pairs, 32 channels per chunk, in the lane
+/// order `vpunpck{l,h}wd` + `vpmaddwd` produce (lo: channels 8L..8L+3 of each 128-bit lane L,
+/// hi: 8L+4..8L+7), with the shift and multiplier in the same order.
+#[derive(Debug)]
+pub(crate) struct PairedDw {
+    pub chunks: usize,
+    pub pairs: usize,
+    /// `[chunk][pair][lo 32 | hi 32]` i16: (w[t0][c], w[t1][c]) interleaved.
+    pub w: Vec<i16>,
+    /// `[chunk][lo 16 | hi 16]`.
+    pub shift: Vec<i32>,
+    pub mult: Vec<f32>,
+}
+
+impl PairedDw {
+    /// The channel of lane `k` (0..16) of the lo (`hi = false`) or hi vector.
+    fn channel(k: usize, hi: bool) -> usize {
+        8 * (k / 4) + k % 4 + if hi { 4 } else { 0 }
+    }
+
+    /// From `[tap][channel]` weights and per-channel shift / multiplier.
+    pub fn new(w: &[i32], taps: usize, c: usize, shift: &[i32], mult: &[f32]) -> Self {
+        let chunks = c.div_ceil(32);
+        let pairs = taps.div_ceil(2);
+        let mut pw = vec![0i16; chunks * pairs * 64];
+        let mut ps = vec![0i32; chunks * 32];
+        let mut pm = vec![0f32; chunks * 32];
+        for ch in 0..chunks {
+            for (h, hi) in [false, true].into_iter().enumerate() {
+                for k in 0..16 {
+                    let cc = ch * 32 + Self::channel(k, hi);
+                    if cc >= c {
+                        continue;
+                    }
+                    ps[ch * 32 + h * 16 + k] = shift[cc];
+                    pm[ch * 32 + h * 16 + k] = mult[cc];
+                    for p in 0..pairs {
+                        let at = (ch * pairs + p) * 64 + h * 32 + 2 * k;
+                        pw[at] = w[(2 * p) * c + cc] as i16;
+                        if 2 * p + 1 < taps {
+                            pw[at + 1] = w[(2 * p + 1) * c + cc] as i16;
+                        }
+                    }
+                }
+            }
+        }
+        PairedDw {
+            chunks,
+            pairs,
+            w: pw,
+            shift: ps,
+            mult: pm,
+        }
+    }
+}
+
+/// [`dw_run`] with two taps per `vpmaddwd` (u8 inputs widened to i16, s8 weights as i16: exact
+/// i32 sums), 32 channels per chunk.
+///
+/// # Safety
+/// As [`dw_run`]; `pd` was built for this conv's weights, taps (`K * K`) and channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn dw_run_paired<const K: usize>(p: &DwRun<'_>, pd: &PairedDw) {
+    let (lo, hi) = (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi));
+    let zo = _mm512_set1_epi32(p.zo);
+    let c = p.c;
+    let taps = K * K;
+    let zero = _mm512_setzero_si512();
+    for ch in 0..pd.chunks {
+        let c0 = ch * 32;
+        let valid = (c - c0).min(32);
+        let m: __mmask32 = if valid == 32 { !0 } else { (1u32 << valid) - 1 };
+        // SAFETY (all accesses below): the chunk's packed weights, shifts and multipliers lie in
+        // `pd`; input, residual and output accesses are masked to the `valid` channels of rows
+        // the caller guarantees.
+        unsafe {
+            let wb = pd.w.as_ptr().add(ch * pd.pairs * 64);
+            let sl = _mm512_loadu_si512(pd.shift.as_ptr().add(ch * 32).cast());
+            let sh = _mm512_loadu_si512(pd.shift.as_ptr().add(ch * 32 + 16).cast());
+            let ml = _mm512_loadu_ps(pd.mult.as_ptr().add(ch * 32));
+            let mh = _mm512_loadu_ps(pd.mult.as_ptr().add(ch * 32 + 16));
+            for ox in p.ox0..p.ox1 {
+                let base = ox * p.stride - p.pad;
+                let tap = |t: usize| {
+                    let (ky, kx) = (t / K, t % K);
+                    let at = (base + kx * p.dilation) * c + c0;
+                    _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, p.rows[ky].add(at).cast()))
+                };
+                let (mut al, mut ah) = (sl, sh);
+                for pi in 0..pd.pairs {
+                    let xa = tap(2 * pi);
+                    let xb = if 2 * pi + 1 < taps {
+                        tap(2 * pi + 1)
+                    } else {
+                        zero
+                    };
+                    let wl = _mm512_loadu_si512(wb.add(pi * 64).cast());
+                    let wh = _mm512_loadu_si512(wb.add(pi * 64 + 32).cast());
+                    al = _mm512_add_epi32(al, _mm512_madd_epi16(_mm512_unpacklo_epi16(xa, xb), wl));
+                    ah = _mm512_add_epi32(ah, _mm512_madd_epi16(_mm512_unpackhi_epi16(xa, xb), wh));
+                }
+                let mut yl = _mm512_mul_ps(_mm512_cvtepi32_ps(al), ml);
+                let mut yh = _mm512_mul_ps(_mm512_cvtepi32_ps(ah), mh);
+                if let Some((r, zr, mr)) = p.residual {
+                    let r16 =
+                        _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, r.add(ox * c + c0).cast()));
+                    let (zr, mr) = (_mm512_set1_epi32(zr), _mm512_set1_ps(mr));
+                    let rl = _mm512_sub_epi32(_mm512_unpacklo_epi16(r16, zero), zr);
+                    let rh = _mm512_sub_epi32(_mm512_unpackhi_epi16(r16, zero), zr);
+                    yl = _mm512_add_ps(yl, _mm512_mul_ps(_mm512_cvtepi32_ps(rl), mr));
+                    yh = _mm512_add_ps(yh, _mm512_mul_ps(_mm512_cvtepi32_ps(rh), mr));
+                }
+                let yl = _mm512_min_ps(_mm512_max_ps(smooth_act(yl, p.act), lo), hi);
+                let yh = _mm512_min_ps(_mm512_max_ps(smooth_act(yh, p.act), lo), hi);
+                let ql = _mm512_add_epi32(_mm512_cvtps_epi32(yl), zo);
+                let qh = _mm512_add_epi32(_mm512_cvtps_epi32(yh), zo);
+                // per lane: lo's 4 channels then hi's 4 = channels 8L..8L+7 in order
+                let q16 = _mm512_packs_epi32(ql, qh);
+                _mm256_mask_storeu_epi8(
+                    p.out.add(ox * c + c0).cast(),
+                    m,
+                    _mm512_cvtepi16_epi8(q16),
+                );
+            }
+        }
+    }
+}
