@@ -147,21 +147,14 @@ impl Session {
             let t0 = std::time::Instant::now();
             let outs = run_node(g, node, prep, &mut env, &remaining)
                 .map_err(|msg| GraphError::node(&node.name, node.op.kind(), msg))?;
+            // conv FLOPs for the profile (not computed otherwise)
             let flops = match (&node.op, outs.first()) {
-                (Op::ConvBlocked { params, .. }, Some(y)) => {
-                    let px = y.shape().get(2..4).map_or(0, |s| s[0] * s[1]) * y.shape()[0];
-                    2.0 * (px * params.out_channels * params.in_channels / params.groups
-                        * params.kernel[0]
-                        * params.kernel[1]) as f64
-                }
                 (
-                    Op::Conv2d { params, .. } | Op::Q(crate::qop::QOp::Conv2d { params, .. }),
+                    Op::Conv2d { .. }
+                    | Op::ConvBlocked { .. }
+                    | Op::Q(crate::qop::QOp::Conv2d { .. }),
                     Some(y),
-                ) => {
-                    2.0 * (y.numel() * params.in_channels / params.groups
-                        * params.kernel[0]
-                        * params.kernel[1]) as f64
-                }
+                ) if self.profile => 2.0 * node.op.macs(&[], &[y.shape().to_vec()]) as f64,
                 _ => 0.0,
             };
             if self.profile_nodes {

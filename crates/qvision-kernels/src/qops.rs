@@ -26,9 +26,16 @@ impl Q {
 
     #[inline(always)]
     fn quantize(self, v: f32) -> u8 {
-        let z = self.zero_point as f32;
-        round_u8((v / self.scale).max(-z).min(255.0 - z), self.zero_point)
+        to_byte(v / self.scale, self.zero_point)
     }
+}
+
+/// A value already in quantized units (`x / scale`) as a byte: clamped to the u8 range around
+/// the zero point, rounded half to even.
+#[inline(always)]
+fn to_byte(t: f32, zero_point: i32) -> u8 {
+    let z = zero_point as f32;
+    round_u8(t.max(-z).min(255.0 - z), zero_point)
 }
 
 const CHUNK: usize = 1 << 14;
@@ -36,9 +43,8 @@ const CHUNK: usize = 1 << 14;
 #[inline(always)]
 fn quantize_body(x: &[f32], q: Q, out: &mut [u8]) {
     let inv = 1.0 / q.scale;
-    let z = q.zero_point as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_u8((v * inv).max(-z).min(255.0 - z), q.zero_point);
+        *o = to_byte(v * inv, q.zero_point);
     }
 }
 crate::isa::multiversion!(fn quantize_slice(x: &[f32], q: Q, out: &mut [u8]) => quantize_body);
@@ -90,7 +96,6 @@ pub fn quantize_to_nhwc(
         return Ok(out);
     }
     let inv = 1.0 / q.scale;
-    let z = q.zero_point as f32;
     // tiles of 64 pixels: contiguous reads per channel, writes within an L1-sized tile
     const TP: usize = 64;
     let tiles = hw.div_ceil(TP);
@@ -101,8 +106,7 @@ pub fn quantize_to_nhwc(
             for ch in 0..c {
                 let src = &xb[ch * hw + p0..ch * hw + p1];
                 for (k, &v) in src.iter().enumerate() {
-                    ob[(p0 + k) * c + ch] =
-                        ((v * inv).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+                    ob[(p0 + k) * c + ch] = to_byte(v * inv, q.zero_point);
                 }
             }
         }

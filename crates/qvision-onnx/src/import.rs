@@ -1037,6 +1037,15 @@ fn fuse_gelu(nodes: &mut Vec<proto::Node>, tensors: &HashMap<String, Tensor>) {
                 .map(|(k, _)| k)
                 .collect()
         };
+        // the only reader of `value`, if it is `op` with the other input the constant `want`
+        let next_const_op = |value: &str, op: &str, want: f32| -> Option<usize> {
+            let [k] = readers(value)[..] else {
+                return None;
+            };
+            let n = &nodes[k];
+            let other = n.inputs.iter().find(|v| *v != value)?;
+            (n.op_type == op && near(scalar(other, tensors, nodes), want)).then_some(k)
+        };
         let found = (|| {
             let erf = &nodes[i];
             let div = by_output(&erf.inputs[0])?;
@@ -1055,29 +1064,16 @@ fn fuse_gelu(nodes: &mut Vec<proto::Node>, tensors: &HashMap<String, Tensor>) {
             if !ok_div {
                 return None;
             }
-            let [add] = readers(&erf.outputs[0])[..] else {
-                return None;
-            };
-            let a = &nodes[add];
-            let other = a.inputs.iter().find(|v| **v != erf.outputs[0])?;
-            if a.op_type != "Add" || !near(scalar(other, tensors, nodes), 1.0) {
-                return None;
-            }
-            let [m1] = readers(&a.outputs[0])[..] else {
+            let add = next_const_op(&erf.outputs[0], "Add", 1.0)?;
+            let [m1] = readers(&nodes[add].outputs[0])[..] else {
                 return None;
             };
             let m = &nodes[m1];
             if m.op_type != "Mul" || !m.inputs.contains(&x) {
                 return None;
             }
-            let [m2] = readers(&m.outputs[0])[..] else {
-                return None;
-            };
+            let m2 = next_const_op(&m.outputs[0], "Mul", 0.5)?;
             let h = &nodes[m2];
-            let other = h.inputs.iter().find(|v| **v != m.outputs[0])?;
-            if h.op_type != "Mul" || !near(scalar(other, tensors, nodes), 0.5) {
-                return None;
-            }
             let [_] = readers(&d.outputs[0])[..] else {
                 return None;
             };
