@@ -1,4 +1,4 @@
-//! `qvision`: list, run, benchmark, quantize, export and import vision models.
+//! `qvision`: list, run, benchmark, quantize, train, export and import vision models.
 
 mod bench;
 mod common;
@@ -8,6 +8,7 @@ mod import;
 mod models;
 mod predict;
 mod quantize;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,10 @@ enum Command {
     Export(export::Args),
     /// Read an ONNX file: what it holds; optionally save it as .qvm.
     Import(import::Args),
+    /// Train a model in fp32 (from scratch or fine-tuning from --weights).
+    Train(train::TrainArgs),
+    /// Quantization-aware training: fine-tune with fake quantization, convert to int8 (.qvm).
+    Qat(train::QatArgs),
 }
 
 fn main() {
@@ -51,6 +56,8 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),
         Command::Import(a) => import::run(a),
+        Command::Train(a) => train::run_train(a),
+        Command::Qat(a) => train::run_qat(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

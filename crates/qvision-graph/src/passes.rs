@@ -14,6 +14,15 @@ use std::collections::{HashMap, HashSet};
 
 /// Fold BN, fuse activations, drop Dropout; unused tensors are dropped from the result.
 pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
+    optimize_for_inference_with_aliases(g).map(|(out, _)| out)
+}
+
+/// [`optimize_for_inference`], also returning where each fused-away value went: a BatchNorm,
+/// activation, Dropout or residual-add output maps to the value of the fused node that now
+/// computes it (quantization-aware training places its fake-quant with this map).
+pub fn optimize_for_inference_with_aliases(
+    g: &Graph,
+) -> Result<(Graph, HashMap<ValueId, ValueId>), GraphError> {
     let mut uses = g.use_counts();
     let mut out = Graph {
         name: g.name.clone(),
@@ -172,7 +181,8 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph, GraphError> {
             out.tensors.insert(id, t);
         }
     }
-    Ok(out)
+    let resolved = alias.keys().map(|&k| (k, resolve(&alias, k))).collect();
+    Ok((out, resolved))
 }
 
 fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> ValueId {

@@ -228,3 +228,113 @@ mod tests {
         assert!(r.is_err());
     }
 }
+
+/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`, so a
+/// transposed view is the same data with the strides swapped.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `rows x cols` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, without copying.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn view(&self) -> Result<NdTensorView<'a, f32, 2>, KernelError> {
+        NdTensorView::from_data_with_strides(
+            [self.rows, self.cols],
+            self.data,
+            [self.row_stride, self.col_stride],
+        )
+        .map_err(|e| shape_err("gemm", format!("matrix layout: {e:?}")))
+    }
+}
+
+/// `out[m x n] = a · b + beta · out` for strided operands (the training backward passes use the
+/// transposed views: `dW = dY · Xᵀ`, `dX = Wᵀ · dY`).
+pub fn gemm_strided(
+    out: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+) -> Result<(), KernelError> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || out.len() != m * n {
+        return Err(shape_err(
+            "gemm",
+            format!(
+                "{}x{} by {}x{} into {} values",
+                a.rows,
+                a.cols,
+                b.rows,
+                b.cols,
+                out.len()
+            ),
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.iter_mut().for_each(|v| *v *= beta);
+        return Ok(());
+    }
+    let (av, bv) = (a.view()?, b.view()?);
+    with_executor(|e| {
+        e.gemm(
+            out,
+            GemmInputA::Unpacked(av),
+            GemmInputB::Unpacked(bv),
+            rten_gemm::GemmOptions {
+                beta,
+                ..Default::default()
+            },
+        )
+    })
+    .map_err(|e| shape_err("gemm", format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod strided_tests {
+    use super::*;
+
+    #[test]
+    fn transposed_operands_match_the_naive_product() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut out = vec![1.0; m * n];
+        let av = MatRef::new(&a, m, k);
+        let bv = MatRef::new(&bt, n, k).t();
+        gemm_strided(&mut out, av, bv, 0.5).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 0.5 + (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum::<f32>();
+                assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -230,6 +230,16 @@ impl Tensor {
             }),
         }
     }
+
+    pub fn as_i64_mut(&mut self) -> Result<&mut [i64], TensorError> {
+        match &mut self.data {
+            Data::I64(v) => Ok(v),
+            d => Err(TensorError::DType {
+                expected: DType::I64,
+                got: d.dtype(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

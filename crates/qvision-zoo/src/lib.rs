@@ -37,7 +37,8 @@ pub struct ModelOptions {
     /// residual adds in the conv epilogue), ready for `qvision_quant::Prepared`, as the seed's
     /// `QuantizableX` builders call `fuse_model`.
     pub quantize: bool,
-    /// Build for quantization-aware training (with `quantize`).
+    /// Build for quantization-aware training (with `quantize`): the graph comes back unfused,
+    /// for `qvision_train::prepare_qat` (which folds Conv+BN in the training forward pass).
     pub is_qat: bool,
     /// Do not fuse conv/bn/relu when quantizing (BN then runs as an int8 per-channel affine
     /// and activations as lookup tables).
@@ -70,8 +71,6 @@ impl Default for ModelOptions {
 pub enum ZooError {
     #[error("unknown model '{0}' (run `qvision models` for the list)")]
     UnknownModel(String),
-    #[error("{model}: {what} is not supported yet (it arrives with the training / QAT work)")]
-    NotYetSupported { model: String, what: &'static str },
     #[error("{model}: {source}")]
     Graph {
         model: String,

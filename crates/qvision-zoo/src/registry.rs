@@ -992,12 +992,6 @@ pub fn find(name: &str) -> Result<&'static ModelInfo, ZooError> {
 /// Build a model by name, the way torchvision's `get_model(name, weights=...)` does.
 pub fn build(name: &str, opts: &ModelOptions) -> Result<Model, ZooError> {
     let info = find(name)?;
-    if opts.is_qat {
-        return Err(ZooError::NotYetSupported {
-            model: name.to_string(),
-            what: "is_qat",
-        });
-    }
     let mut opts = opts.clone();
     if opts.transform_input.is_none() {
         opts.transform_input = Some(matches!(opts.weights, Weights::StateDict(_)));
@@ -1018,7 +1012,9 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Model, ZooError> {
             })?,
         ),
     };
-    let fused = opts.quantize && !opts.skip_fuse;
+    // QAT trains the unfused graph: `qvision_train::prepare_qat` fuses Conv+BN for training
+    // itself (BatchNorm folded in the forward pass), as PyTorch's `prepare_qat` swaps in ConvBn.
+    let fused = opts.quantize && !opts.skip_fuse && !opts.is_qat;
     if fused {
         graph = qvision_graph::passes::optimize_for_inference(&graph).map_err(|source| {
             ZooError::Graph {

@@ -1,0 +1,142 @@
+//! Fake quantization for quantization-aware training (PyTorch's `FakeQuantize`): quantize and
+//! dequantize in the forward pass, pass the gradient straight through (zero where the value was
+//! clamped) in the backward pass.
+//!
+//! Activations use a moving-average min/max observer (PyTorch's QAT default, averaging constant
+//! 0.01). Weights are fake-quantized with exactly the per-channel (or per-tensor) min/max
+//! quantization that [`qvision_quant::convert`] applies, so the trained network is the one that
+//! converts.
+
+use qvision_quant::qparams::{calculate_qparams, QuantParams};
+use qvision_quant::quantize::{quantize_weights_per_channel, quantize_weights_per_tensor};
+use qvision_quant::QConfig;
+
+/// A moving-average min/max observer with its fake-quant switch, for one activation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActFakeQuant {
+    pub min: f32,
+    pub max: f32,
+    pub seen: bool,
+    pub averaging_constant: f32,
+}
+
+impl Default for ActFakeQuant {
+    fn default() -> Self {
+        ActFakeQuant {
+            min: 0.0,
+            max: 0.0,
+            seen: false,
+            averaging_constant: 0.01,
+        }
+    }
+}
+
+impl ActFakeQuant {
+    /// Update the running range from a batch.
+    pub fn observe(&mut self, x: &[f32]) {
+        let (lo, hi) = x
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        if lo > hi {
+            return;
+        }
+        if self.seen {
+            let c = self.averaging_constant;
+            self.min += c * (lo - self.min);
+            self.max += c * (hi - self.max);
+        } else {
+            (self.min, self.max, self.seen) = (lo, hi, true);
+        }
+    }
+
+    pub fn qparams(&self, qc: &QConfig) -> QuantParams {
+        if !self.seen {
+            return QuantParams {
+                scale: 1.0,
+                zero_point: 0,
+            };
+        }
+        calculate_qparams(
+            self.min,
+            self.max,
+            qc.activation_dtype,
+            qc.activation_scheme,
+            qc.reduce_range,
+        )
+    }
+
+    /// Fake-quantize `x` in place; returns the straight-through mask (true where the gradient
+    /// passes).
+    pub fn apply(&self, x: &mut [f32], qc: &QConfig) -> Vec<bool> {
+        let (qmin, qmax) = qc.activation_dtype.range(qc.reduce_range);
+        fake_quantize(x, self.qparams(qc), qmin, qmax)
+    }
+}
+
+/// `x = (clamp(round(x/s) + z, qmin, qmax) - z) * s` in place, and the in-range mask.
+pub fn fake_quantize(x: &mut [f32], q: QuantParams, qmin: i32, qmax: i32) -> Vec<bool> {
+    let inv = 1.0 / q.scale;
+    x.iter_mut()
+        .map(|v| {
+            let r = (*v * inv).round_ties_even() + q.zero_point as f32;
+            let inside = r >= qmin as f32 && r <= qmax as f32;
+            *v = (r.clamp(qmin as f32, qmax as f32) - q.zero_point as f32) * q.scale;
+            inside
+        })
+        .collect()
+}
+
+/// The weights as the int8 model will hold them (quantized per the qconfig, dequantized).
+pub fn fake_quant_weight(w: &[f32], out_channels: usize, qc: &QConfig) -> Vec<f32> {
+    let q = if qc.weight_scheme.is_per_channel() {
+        quantize_weights_per_channel(w, out_channels)
+    } else {
+        quantize_weights_per_tensor(w, out_channels)
+    };
+    match q {
+        Ok((q, scales)) => {
+            let per = w.len() / out_channels.max(1);
+            q.iter()
+                .enumerate()
+                .map(|(i, &v)| v as f32 * scales[i / per.max(1)])
+                .collect()
+        }
+        Err(_) => w.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qvision_quant::Backend;
+
+    #[test]
+    fn fake_quant_rounds_to_the_grid_and_masks_clamped_values() {
+        let qc = QConfig::default_for(Backend::X86);
+        let mut fq = ActFakeQuant::default();
+        fq.observe(&[0.0, 2.55]);
+        let mut x = vec![0.011, 1.0, 3.0, -1.0];
+        let mask = fq.apply(&mut x, &qc);
+        assert_eq!(mask, vec![true, true, false, false]);
+        assert!((x[0] - 0.01).abs() < 1e-6);
+        assert!((x[2] - 2.55).abs() < 1e-5);
+        assert_eq!(x[3], 0.0);
+        // moving average
+        fq.observe(&[0.0, 3.55]);
+        assert!((fq.max - 2.56).abs() < 1e-5);
+    }
+
+    #[test]
+    fn weight_fake_quant_is_per_channel() {
+        let qc = QConfig::default_for(Backend::X86);
+        let w = vec![1.0, -0.5, 0.26, 0.01, 0.02, -0.03];
+        let q = fake_quant_weight(&w, 2, &qc);
+        // PyTorch's symmetric scale is max/127.5, so the extreme rounds to 127 steps.
+        assert!((q[0] - 127.0 / 127.5).abs() < 1e-6);
+        assert!((q[5] + 0.03).abs() < 1e-6);
+        assert!((q[3] - 0.01).abs() < 2e-4);
+    }
+}
