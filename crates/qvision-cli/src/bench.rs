@@ -200,15 +200,11 @@ fn bench_one(a: &Args, name: &str, precision: Precision, threads: usize) -> Resu
         .chain(int8.iter())
         .map(|g| session(g, threads))
         .collect::<Result<_>>()?;
-    // Channels as the graph declares them (3 for the zoo; 1 for a grayscale recipe model).
     let channels = fp32
         .iter()
         .chain(int8.iter())
-        .find_map(|g| {
-            let s = g.values[g.inputs.first()?.0].shape.as_ref()?;
-            (s.len() == 4).then(|| s[1])
-        })
-        .unwrap_or(3);
+        .next()
+        .map_or(3, crate::common::input_channels);
     let shape = vec![a.batch, channels, size, size];
     let n: usize = shape.iter().product();
     let x = Tensor::from_f32(shape, qvision_kernels::reference::pseudo_random(n, 1))?;

@@ -238,3 +238,12 @@ fn parse3(s: &str) -> Result<[f32; 3], String> {
         .collect::<Result<_, _>>()?;
     <[f32; 3]>::try_from(v).map_err(|_| format!("{s}: want three comma-separated numbers"))
 }
+
+/// Input channels as the graph declares them (3 for the zoo; 1 for a grayscale recipe model).
+pub fn input_channels(g: &qvision_graph::Graph) -> usize {
+    g.inputs
+        .first()
+        .and_then(|i| g.values[i.0].shape.as_ref())
+        .filter(|s| s.len() == 4)
+        .map_or(3, |s| s[1])
+}

@@ -54,7 +54,11 @@ pub fn run(a: Args) -> Result<()> {
     let opts = qvision_onnx::ExportOptions {
         qoperator: a.format == "qoperator",
         allow_contrib: a.allow_contrib,
-        ..qvision_onnx::ExportOptions::new(a.opset, dynamic, vec![n, 3, size, size])
+        ..qvision_onnx::ExportOptions::new(
+            a.opset,
+            dynamic,
+            vec![n, crate::common::input_channels(&g), size, size],
+        )
     };
     let files = qvision_onnx::to_files(&g, &opts, &a.out)
         .with_context(|| format!("exporting {}", a.model))?;

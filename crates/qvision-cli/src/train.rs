@@ -608,6 +608,7 @@ pub fn run_qat(a: QatArgs) -> Result<()> {
         resume.as_ref(),
         &mut bar,
     )?;
+    eprint!("{}", qvision_train::profile::report());
     let (int8, report) = qvision_train::convert(&tg)?;
     let qat_acc = stats.last().and_then(|s| s.test_acc);
     let (acts, weights, folded) = tg.qat.as_ref().map_or((0, 0, 0), |q| q.counts());

@@ -26,10 +26,9 @@ enum Saved {
     Nothing,
     /// Weights actually used (fake-quantized) when they differ from the parameter.
     Weight(Vec<f32>),
-    /// Conv with BatchNorm folded in: per-channel scale, raw conv output, weights used.
+    /// Conv with BatchNorm folded in: per-channel scale and the weights used.
     ConvBn {
         scale: Vec<f32>,
-        raw: Vec<f32>,
         w_used: Vec<f32>,
     },
     MaxIdx(Vec<u32>),
@@ -273,22 +272,14 @@ impl TrainGraph {
                     {
                         ws = crate::fake_quant::fake_quant_weight(&ws, cout, &q.qconfig);
                     }
-                    let raw = ops::conv::forward(&xb, &ws, None, params);
-                    let ohw = raw.len() / (raw.shape[0] * cout);
-                    let mut y = raw.data.clone();
-                    for (k, v) in y.iter_mut().enumerate() {
-                        let c = (k / ohw) % cout;
-                        *v = *v / scale[c] + b.map_or(0.0, |b| b[c]);
+                    let mut y = ops::conv::forward(&xb, &ws, None, params);
+                    let ohw = y.len() / (y.shape[0] * cout);
+                    for (k, plane) in y.data.chunks_mut(ohw.max(1)).enumerate() {
+                        let c = k % cout;
+                        let (inv, add) = (1.0 / scale[c], b.map_or(0.0, |b| b[c]));
+                        plane.iter_mut().for_each(|v| *v = *v * inv + add);
                     }
-                    let shape = raw.shape.clone();
-                    (
-                        vec![Buf::new(shape, y)],
-                        Saved::ConvBn {
-                            scale,
-                            raw: raw.data,
-                            w_used: ws,
-                        },
-                    )
+                    (vec![y], Saved::ConvBn { scale, w_used: ws })
                 } else if let Some(q) =
                     qat.filter(|q| q.fake_quant_enabled && q.weight_fq.contains(&ni))
                 {
@@ -566,23 +557,36 @@ impl TrainGraph {
                 if node.inputs.len() > 2 && need(2) {
                     let ohw = g.len() / (xb.shape[0] * params.out_channels);
                     let mut db = vec![0.0; params.out_channels];
-                    for (k, v) in g.iter().enumerate() {
-                        db[(k / ohw) % params.out_channels] += v;
+                    for (k, plane) in g.chunks(ohw.max(1)).enumerate() {
+                        db[k % params.out_channels] += plane.iter().sum::<f32>();
                     }
                     r.push((2, db));
                 }
                 match saved {
-                    Saved::ConvBn { scale, raw, w_used } => {
+                    Saved::ConvBn { scale, w_used } => {
                         let cout = params.out_channels;
                         let ohw = g.len() / (xb.shape[0] * cout);
-                        // d(scale) from y = raw / scale (before g is rescaled).
+                        // y = raw / scale + b, so d(scale) = -Σ dy·raw/scale² = -Σ dy·(y-b)/scale
+                        // (taken before dy is rescaled).
+                        let y = tape.values[node.outputs[0].0]
+                            .as_ref()
+                            .ok_or_else(|| TrainError::Graph("conv output missing".into()))?;
+                        let bias = match node.inputs.get(2) {
+                            Some(&b) => Some(self.param(b)?),
+                            None => None,
+                        };
                         let mut dscale = vec![0.0f32; cout];
-                        for (k, (gv, rv)) in g.iter().zip(raw).enumerate() {
-                            let c = (k / ohw) % cout;
-                            dscale[c] -= gv * rv / (scale[c] * scale[c]);
-                        }
-                        for (k, v) in g.iter_mut().enumerate() {
-                            *v /= scale[(k / ohw) % cout];
+                        for (k, (gp, yp)) in g
+                            .chunks_mut(ohw.max(1))
+                            .zip(y.data.chunks(ohw.max(1)))
+                            .enumerate()
+                        {
+                            let c = k % cout;
+                            let b = bias.map_or(0.0, |b| b[c]);
+                            let dot: f32 = gp.iter().zip(yp).map(|(a, v)| a * (v - b)).sum();
+                            dscale[c] -= dot / scale[c];
+                            let inv = 1.0 / scale[c];
+                            gp.iter_mut().for_each(|v| *v *= inv);
                         }
                         let (dx, dws, _) =
                             ops::conv::backward(&xb, w_used, params, &g, need(0), false);

@@ -67,10 +67,17 @@ fn check(name: &str, size: usize) {
     let sim = tg.forward(vec![x.clone()], false, 0).unwrap();
     let sim = sim.outputs()[0].data.clone();
     let out = session
-        .run(vec![Tensor::from_f32(x.shape.clone(), x.data).unwrap()])
+        .run(vec![
+            Tensor::from_f32(x.shape.clone(), x.data.clone()).unwrap()
+        ])
         .unwrap();
     let got = out[0].as_f32().unwrap();
     let db = sqnr_db(&sim, got);
+    // The same network without fake quantization: how far int8 is from plain fp32.
+    tg.qat.as_mut().unwrap().fake_quant_enabled = false;
+    let plain = tg.forward(vec![x], false, 0).unwrap();
+    let db_fp32 = sqnr_db(&plain.outputs()[0].data, got);
+    eprintln!("SQNR {name}: vs simulation {db:.1} dB, vs fp32 {db_fp32:.1} dB");
     assert!(
         db >= 20.0,
         "{name}: int8 model vs QAT simulation {db:.1} dB"

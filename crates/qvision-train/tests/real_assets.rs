@@ -164,3 +164,51 @@ fn small_resnet_learns_fashion_mnist_and_qat_keeps_it() {
     let q = evaluate_graph(&int8, &test, 256).unwrap();
     assert!(q > fp32 - 0.02, "QAT int8 {q} vs fp32 {fp32}");
 }
+
+#[test]
+fn image_folder_with_random_resized_crop_and_flip() {
+    use qvision_train::data::{DataLoader, FolderTransform};
+    let Some(dir) = assets() else { return };
+    let root = std::env::temp_dir().join(format!("qvision-folder-{}", std::process::id()));
+    let mut n = 0;
+    for (i, e) in std::fs::read_dir(dir.join("foolbox")).unwrap().enumerate() {
+        let p = e.unwrap().path();
+        if !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("imagenet")
+        {
+            continue;
+        }
+        let class = root.join(if i % 2 == 0 { "even" } else { "odd" });
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::copy(&p, class.join(p.file_name().unwrap())).unwrap();
+        n += 1;
+    }
+    std::fs::write(root.join("even/notes.txt"), "not an image").unwrap();
+    let ds = qvision_train::ImageFolder::open(&root, FolderTransform::imagenet(64)).unwrap();
+    assert_eq!((ds.len(), ds.num_classes()), (n, 2));
+    assert_eq!(ds.classes, vec!["even".to_string(), "odd".to_string()]);
+    let mut l = DataLoader::new(&ds, 8);
+    l.shuffle = true;
+    l.augment = true;
+    let order = l.order(0);
+    let a = l.batch(&order, 0, 0).unwrap();
+    assert_eq!(a.x.shape, vec![8, 3, 64, 64]);
+    assert_eq!(
+        a.x,
+        l.batch(&order, 0, 0).unwrap().x,
+        "augmentation is seeded"
+    );
+    assert_ne!(
+        a.x,
+        l.batch(&order, 1, 0).unwrap().x,
+        "and differs per epoch"
+    );
+    // Without augmentation: resize + center crop, identical every time.
+    l.augment = false;
+    let e = l.batch(&order, 5, 0).unwrap();
+    assert_eq!(e.x, l.batch(&order, 6, 0).unwrap().x);
+    std::fs::remove_dir_all(&root).ok();
+}

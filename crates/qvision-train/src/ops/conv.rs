@@ -49,32 +49,54 @@ fn is_depthwise(p: &Conv2dParams) -> bool {
     p.groups == p.in_channels && p.groups == p.out_channels
 }
 
+/// Output columns `[lo, hi)` whose input column `ox*stride + k*dilation - pad` lies in
+/// `[0, size)`.
+fn valid_cols(out: usize, k: usize, p: &Conv2dParams, axis: usize, size: usize) -> (usize, usize) {
+    let off = (k * p.dilation[axis]) as isize - p.padding[axis] as isize;
+    let s = p.stride[axis] as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let hi = if size as isize - off <= 0 {
+        0
+    } else {
+        (size as isize - off + s - 1) / s
+    };
+    let (lo, hi) = (
+        lo.clamp(0, out as isize) as usize,
+        hi.clamp(0, out as isize) as usize,
+    );
+    (lo, hi.max(lo))
+}
+
 /// `col[(ci*kh + ki)*kw + kj][oy*ow + ox]` for the `cg` channels starting at `x`.
 fn im2col(x: &[f32], g: &Geom, p: &Conv2dParams, col: &mut [f32]) {
     let [kh, kw] = p.kernel;
     let ohw = g.oh * g.ow;
+    let sx = p.stride[1];
     for ci in 0..g.cg {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..kh {
             for kj in 0..kw {
                 let row = &mut col[((ci * kh + ki) * kw + kj) * ohw..][..ohw];
+                let (lo, hi) = valid_cols(g.ow, kj, p, 1, g.w);
+                let off = (kj * p.dilation[1]) as isize - p.padding[1] as isize;
                 for oy in 0..g.oh {
                     let iy =
                         (oy * p.stride[0] + ki * p.dilation[0]) as isize - p.padding[0] as isize;
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || lo == hi {
                         out.fill(0.0);
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * p.stride[1] + kj * p.dilation[1]) as isize
-                            - p.padding[1] as isize;
-                        *o = if ix < 0 || ix >= g.w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let start = (lo as isize * sx as isize + off) as usize;
+                    if sx == 1 {
+                        out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (o, v) in out[lo..hi].iter_mut().zip(src[start..].iter().step_by(sx)) {
+                            *o = *v;
+                        }
                     }
                 }
             }
@@ -86,11 +108,18 @@ fn im2col(x: &[f32], g: &Geom, p: &Conv2dParams, col: &mut [f32]) {
 fn col2im(col: &[f32], g: &Geom, p: &Conv2dParams, dx: &mut [f32]) {
     let [kh, kw] = p.kernel;
     let ohw = g.oh * g.ow;
+    let sx = p.stride[1];
     for ci in 0..g.cg {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..kh {
             for kj in 0..kw {
                 let row = &col[((ci * kh + ki) * kw + kj) * ohw..][..ohw];
+                let (lo, hi) = valid_cols(g.ow, kj, p, 1, g.w);
+                if lo == hi {
+                    continue;
+                }
+                let off = (kj * p.dilation[1]) as isize - p.padding[1] as isize;
+                let start = (lo as isize * sx as isize + off) as usize;
                 for oy in 0..g.oh {
                     let iy =
                         (oy * p.stride[0] + ki * p.dilation[0]) as isize - p.padding[0] as isize;
@@ -98,11 +127,15 @@ fn col2im(col: &[f32], g: &Geom, p: &Conv2dParams, dx: &mut [f32]) {
                         continue;
                     }
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                        let ix = (ox * p.stride[1] + kj * p.dilation[1]) as isize
-                            - p.padding[1] as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
+                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                    if sx == 1 {
+                        dst[start..start + (hi - lo)]
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(d, v)| *d += v);
+                    } else {
+                        for (d, v) in dst[start..].iter_mut().step_by(sx).zip(src) {
+                            *d += v;
                         }
                     }
                 }
