@@ -167,3 +167,29 @@ fn train_then_qat_then_bench() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--weights"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn an_onnx_model_trains() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("qvision-train-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("w.safetensors");
+    let t = run(qvision()
+        .arg("train")
+        .arg(root.join("fixtures/onnx/squeezenet1_1_opset13.onnx"))
+        .args([
+            "--data",
+            "synthetic",
+            "--input-size",
+            "64",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--max-steps", "2", "--threads", "2", "--json", "--out"])
+        .arg(&out));
+    assert!(t["train_loss"].as_f64().unwrap().is_finite(), "{t}");
+    // The ONNX initializers of the convs became trainable parameters, and all 727,626 were saved.
+    let sd = std::fs::read(&out).unwrap();
+    assert!(sd.len() > 727_626 * 4, "{} bytes", sd.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
