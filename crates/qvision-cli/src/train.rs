@@ -359,7 +359,16 @@ fn build_graph(c: &Common, shape: [usize; 3], classes: usize) -> Result<Graph> {
     Ok(g)
 }
 
-fn fit_config(c: &Common, epochs: usize, lr: f32) -> Result<FitConfig> {
+/// The resume checkpoint, if `--resume` names one.
+fn resume(c: &Common) -> Result<Option<qvision_train::checkpoint::Checkpoint>> {
+    Ok(match &c.resume {
+        Some(p) => Some(qvision_train::checkpoint::Checkpoint::load(p)?),
+        None => None,
+    })
+}
+
+/// The training configuration; `train_len` sizes the step schedule's epochs in steps.
+fn fit_config(c: &Common, epochs: usize, lr: f32, train_len: usize) -> Result<FitConfig> {
     let optimizer = match c.optimizer.as_str() {
         "sgd" => OptimizerKind::sgd(c.momentum, c.nesterov, c.weight_decay),
         "adamw" => OptimizerKind::adamw(c.weight_decay),
@@ -369,7 +378,7 @@ fn fit_config(c: &Common, epochs: usize, lr: f32) -> Result<FitConfig> {
         "cosine" => ScheduleKind::Cosine { min_lr: 0.0 },
         "constant" => ScheduleKind::Constant,
         "step" => ScheduleKind::Step {
-            every: 0,
+            every: c.step_size * (train_len / c.batch_size.max(1)).max(1),
             gamma: c.gamma,
         },
         s => bail!("--schedule {s}: expected cosine, step or constant"),
@@ -474,15 +483,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let (data, g, classes) = prepare(c)?;
     let mut tg = TrainGraph::new(g, false)?;
     let epochs = c.epochs.unwrap_or(5);
-    let mut cfg = fit_config(c, epochs, c.lr.unwrap_or(0.1))?;
-    if let ScheduleKind::Step { every, .. } = &mut cfg.schedule {
-        let per = (data.train.len() / c.batch_size).max(1);
-        *every = c.step_size * per;
-    }
-    let resume = match &c.resume {
-        Some(p) => Some(qvision_train::checkpoint::Checkpoint::load(p)?),
-        None => None,
-    };
+    let cfg = fit_config(c, epochs, c.lr.unwrap_or(0.1), data.train.len())?;
+    let resume = resume(c)?;
     let t0 = Instant::now();
     let mut bar = Bar {
         bar: None,
@@ -498,17 +500,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     )?;
     let secs = t0.elapsed().as_secs_f64();
     eprint!("{}", qvision_train::profile::report());
-    let tensors: Vec<(String, Tensor)> = tg
-        .graph
-        .params()
-        .filter_map(|(id, v)| {
-            tg.graph
-                .tensors
-                .get(&id)
-                .map(|t| (v.name.clone(), t.clone()))
-        })
-        .collect();
-    qvision_io::atomic::write(&a.out, &qvision_io::safetensors::write(&tensors)?)
+    qvision_io::atomic::write(&a.out, &qvision_io::safetensors::write(&tg.state_dict())?)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let last = stats.last();
     let ips = stats.iter().map(|s| s.images_per_s).sum::<f32>() / stats.len().max(1) as f32;
@@ -589,13 +581,10 @@ pub fn run_qat(a: QatArgs) -> Result<()> {
     let mut tg = TrainGraph::new(g, false)?;
     qvision_train::prepare_qat(&mut tg, qconfig)?;
     let epochs = c.epochs.unwrap_or(1);
-    let mut cfg = fit_config(c, epochs, c.lr.unwrap_or(0.01))?;
+    let mut cfg = fit_config(c, epochs, c.lr.unwrap_or(0.01), data.train.len())?;
     cfg.freeze_bn_epoch = a.freeze_bn_epoch;
     cfg.freeze_observer_epoch = a.freeze_observer_epoch;
-    let resume = match &c.resume {
-        Some(p) => Some(qvision_train::checkpoint::Checkpoint::load(p)?),
-        None => None,
-    };
+    let resume = resume(c)?;
     let mut bar = Bar {
         bar: None,
         quiet: c.json,

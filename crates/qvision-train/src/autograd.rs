@@ -145,6 +145,19 @@ impl TrainGraph {
         })
     }
 
+    /// Every parameter and buffer under its state-dict key (what `qvision train` saves).
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.graph
+            .params()
+            .filter_map(|(id, v)| {
+                self.graph
+                    .tensors
+                    .get(&id)
+                    .map(|t| (v.name.clone(), t.clone()))
+            })
+            .collect()
+    }
+
     fn param(&self, v: ValueId) -> Result<&[f32], TrainError> {
         self.graph
             .tensors

@@ -63,16 +63,7 @@ impl Checkpoint {
         rng: &Rng,
         config: serde_json::Value,
     ) -> Self {
-        let tensors = tg
-            .graph
-            .params()
-            .filter_map(|(id, v)| {
-                tg.graph
-                    .tensors
-                    .get(&id)
-                    .map(|t| (v.name.clone(), t.clone()))
-            })
-            .collect();
+        let tensors = tg.state_dict();
         Checkpoint {
             graph: tg.graph.name.clone(),
             epoch,
