@@ -303,15 +303,34 @@ impl PreparedQConv {
         let threads = rayon::current_num_threads().max(1);
         let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
         let per_chunk = tiles.div_ceil(chunks);
-        let items: Vec<(usize, usize)> = (0..packed.len())
-            .flat_map(|s| (0..tiles.div_ceil(per_chunk)).map(move |c| (s, c)))
+        // Few tiles (late, small layers): also split each super-group's output blocks, so both
+        // threads have work and each streams only its share of the weights.
+        let base = packed.len() * tiles.div_ceil(per_chunk);
+        let min_blocks = packed
+            .iter()
+            .map(|pb| pb.blocks.len())
+            .min()
+            .unwrap_or(1)
+            .max(1);
+        let bsplit = if base < 8 * threads {
+            (8 * threads).div_ceil(base).min(min_blocks)
+        } else {
+            1
+        };
+        let items: Vec<(usize, usize, usize)> = (0..packed.len())
+            .flat_map(|s| {
+                (0..tiles.div_ceil(per_chunk))
+                    .flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
+            })
             .collect();
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
         let pointwise = taps == 1 && p.stride == [1, 1] && p.padding == [0, 0];
-        items.par_iter().for_each(|&(s, c)| {
+        items.par_iter().for_each(|&(s, c, k)| {
             let pb = &packed[s];
+            let nbk = pb.blocks.len();
+            let my_blocks = &pb.blocks[k * nbk / bsplit..(k + 1) * nbk / bsplit];
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
@@ -367,7 +386,7 @@ impl PreparedQConv {
                         }
                     }
                 }
-                for &(col0, nb, off) in &pb.blocks {
+                for &(col0, nb, off) in my_blocks {
                     let width = (pb.n - col0).min(NBLK);
                     let c0 = s * cout_sg + col0;
                     let valid = MR.min(m - p0);
@@ -412,7 +431,7 @@ impl PreparedQConv {
                         let at = (p0 + i) * g.cout + c0;
                         let e = self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)));
                         // SAFETY: row p0+i, columns c0..c0+width of the output belong to this
-                        // item alone (items partition tiles x super-groups).
+                        // item alone (items partition tiles x super-groups x block ranges).
                         let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
                         requant_row(fisa, &acc[i * NBLK..], &e, &mut tmp[..width], o);
                     }
