@@ -86,6 +86,8 @@ pub struct TrainGraph {
     /// BatchNorm momentum for the running statistics.
     pub bn_momentum: f32,
     need: Vec<bool>,
+    /// Input shapes already checked by shape inference.
+    checked: Option<Vec<Vec<usize>>>,
 }
 
 fn is_buffer(name: &str) -> bool {
@@ -142,6 +144,7 @@ impl TrainGraph {
             bn_frozen: false,
             bn_momentum: 0.1,
             need,
+            checked: None,
         })
     }
 
@@ -196,6 +199,14 @@ impl TrainGraph {
                 g_inputs.len(),
                 inputs.len()
             )));
+        }
+        // Shape inference first, so a batch the graph cannot take is an error naming the node
+        // (once per distinct input shape).
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|b| b.shape.clone()).collect();
+        if self.checked.as_ref() != Some(&shapes) {
+            qvision_graph::exec::infer_shapes(&self.graph, &shapes)
+                .map_err(|e| TrainError::Graph(e.to_string()))?;
+            self.checked = Some(shapes);
         }
         let mut values: Vec<Option<Buf>> = vec![None; self.graph.values.len()];
         for (id, b) in g_inputs.iter().zip(inputs) {

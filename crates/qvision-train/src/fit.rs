@@ -105,6 +105,12 @@ pub fn train_step(
             logits.shape
         )));
     }
+    let classes = logits.shape[1];
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(TrainError::Data(format!(
+            "label {bad} but the model has {classes} classes (set --num-classes)"
+        )));
+    }
     let (loss, dlogits, correct) = cross_entropy(logits, labels, label_smoothing);
     if !loss.is_finite() {
         return Err(TrainError::Graph(format!(

@@ -263,3 +263,18 @@ fn idx_files_raw_and_gzip() {
     assert!(e.contains("bad") && e.contains("not an idx file"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_batch_the_graph_cannot_take_is_an_error_naming_the_node() {
+    let mut tg = graph();
+    let e = tg
+        .forward(vec![Buf::new(vec![2, 3, 12, 12], vec![0.0; 864])], true, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("conv1") && e.contains("channels"), "{e}");
+    let e = tg
+        .forward(vec![Buf::new(vec![2, 1, 12], vec![0.0; 24])], true, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("conv1"), "{e}");
+}
