@@ -116,6 +116,9 @@ pub struct QatArgs {
     /// x86 (per-channel weights) or arm (per-tensor).
     #[arg(long, default_value = "x86")]
     backend: String,
+    /// Learn the activation scales (LSQ) instead of observing them.
+    #[arg(long)]
+    lsq: bool,
     /// Calibration batches for the PTQ baseline (0 skips it).
     #[arg(long, default_value_t = 16)]
     ptq_batches: usize,
@@ -580,6 +583,9 @@ pub fn run_qat(a: QatArgs) -> Result<()> {
     };
     let mut tg = TrainGraph::new(g, false)?;
     qvision_train::prepare_qat(&mut tg, qconfig)?;
+    if a.lsq {
+        qvision_train::qat::enable_lsq(&mut tg);
+    }
     let epochs = c.epochs.unwrap_or(1);
     let mut cfg = fit_config(c, epochs, c.lr.unwrap_or(0.01), data.train.len())?;
     cfg.freeze_bn_epoch = a.freeze_bn_epoch;
@@ -602,7 +608,7 @@ pub fn run_qat(a: QatArgs) -> Result<()> {
     let qat_acc = stats.last().and_then(|s| s.test_acc);
     let (acts, weights, folded) = tg.qat.as_ref().map_or((0, 0, 0), |q| q.counts());
     let rep = serde_json::json!({
-        "method": "qat",
+        "method": if a.lsq { "qat-lsq" } else { "qat" },
         "epochs": stats.len(),
         "int8_nodes": report.int8.len(),
         "fp32_nodes": report.fp32.iter().map(|(n, _)| n).collect::<Vec<_>>(),

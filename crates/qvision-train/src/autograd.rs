@@ -44,6 +44,8 @@ pub struct Tape {
     saved: Vec<Saved>,
     /// Straight-through masks of fake-quantized activations.
     masks: HashMap<ValueId, Vec<bool>>,
+    /// LSQ: per element, `d x_q / d scale` of learned-scale activations.
+    lsq: HashMap<ValueId, Vec<f32>>,
     outputs: Vec<ValueId>,
 }
 
@@ -66,6 +68,8 @@ impl Tape {
 #[derive(Debug, Default)]
 pub struct Grads {
     pub by_value: HashMap<ValueId, Vec<f32>>,
+    /// LSQ: gradient of each learned activation scale.
+    pub scales: HashMap<ValueId, f32>,
 }
 
 impl Grads {
@@ -214,6 +218,7 @@ impl TrainGraph {
         }
         let mut saved = Vec::with_capacity(self.graph.nodes.len());
         let mut masks = HashMap::new();
+        let mut lsq = HashMap::new();
         for ni in 0..self.graph.nodes.len() {
             let node = self.graph.nodes[ni].clone();
             let t0 = std::time::Instant::now();
@@ -224,8 +229,11 @@ impl TrainGraph {
             saved.push(s);
             for (o, mut b) in node.outputs.iter().zip(outs) {
                 if let Some(q) = self.qat.as_mut() {
-                    if let Some(mask) = q.fake_quant_activation(*o, &mut b, train) {
+                    if let Some((mask, factor)) = q.fake_quant_activation(*o, &mut b, train) {
                         masks.insert(*o, mask);
+                        if let Some(f) = factor {
+                            lsq.insert(*o, f);
+                        }
                     }
                 }
                 values[o.0] = Some(b);
@@ -235,6 +243,7 @@ impl TrainGraph {
             values,
             saved,
             masks,
+            lsq,
             outputs: self.graph.outputs.clone(),
         })
     }
@@ -500,6 +509,7 @@ impl TrainGraph {
     /// the gradients of the graph outputs.
     pub fn backward(&self, tape: &Tape, grad_outputs: Vec<Vec<f32>>) -> Result<Grads, TrainError> {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.graph.values.len()];
+        let mut scale_grads = HashMap::new();
         for (o, g) in self.graph.outputs.iter().zip(grad_outputs) {
             add_grad(&mut grads, *o, g);
         }
@@ -513,7 +523,15 @@ impl TrainGraph {
             if douts.iter().all(Option::is_none) {
                 continue;
             }
+            let qrange = self.qat.as_ref().map_or(255.0, |q| {
+                let (lo, hi) = q.qconfig.activation_dtype.range(q.qconfig.reduce_range);
+                (hi - lo) as f32
+            });
             for (o, d) in node.outputs.iter().zip(douts.iter_mut()) {
+                if let (Some(d), Some(f)) = (d.as_ref(), tape.lsq.get(o)) {
+                    let g: f32 = d.iter().zip(f).map(|(a, b)| a * b).sum();
+                    scale_grads.insert(*o, g / (d.len() as f32 * qrange).sqrt());
+                }
                 if let (Some(d), Some(mask)) = (d.as_mut(), tape.masks.get(o)) {
                     d.iter_mut().zip(mask).for_each(|(g, &m)| {
                         if !m {
@@ -536,7 +554,10 @@ impl TrainGraph {
                 add_grad(&mut grads, v, g);
             }
         }
-        let mut out = Grads::default();
+        let mut out = Grads {
+            scales: scale_grads,
+            ..Default::default()
+        };
         for (i, g) in grads.into_iter().enumerate() {
             if let Some(g) = g {
                 let keep =

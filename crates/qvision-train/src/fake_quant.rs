@@ -19,6 +19,10 @@ pub struct ActFakeQuant {
     pub max: f32,
     pub seen: bool,
     pub averaging_constant: f32,
+    /// LSQ: the learned scale and the zero point fixed at initialisation; when set, these are
+    /// the quantization parameters instead of the observed range.
+    #[serde(default)]
+    pub learned: Option<(f32, i32)>,
 }
 
 impl Default for ActFakeQuant {
@@ -28,6 +32,7 @@ impl Default for ActFakeQuant {
             max: 0.0,
             seen: false,
             averaging_constant: 0.01,
+            learned: None,
         }
     }
 }
@@ -60,6 +65,9 @@ impl ActFakeQuant {
     }
 
     pub fn qparams(&self, qc: &QConfig) -> QuantParams {
+        if let Some((scale, zero_point)) = self.learned {
+            return QuantParams { scale, zero_point };
+        }
         if !self.seen {
             return QuantParams {
                 scale: 1.0,
@@ -106,6 +114,33 @@ pub fn fake_quantize(x: &mut [f32], q: QuantParams, qmin: i32, qmax: i32) -> Vec
     mask
 }
 
+/// LSQ (learned step size, Esser et al. 2020): fake-quantize `x` in place and return the
+/// straight-through mask and, per element, `d x_q / d scale`: `round(x/s) - x/s` inside the
+/// range, `qmin - z` below it and `qmax - z` above it.
+pub fn fake_quantize_lsq(
+    x: &mut [f32],
+    q: QuantParams,
+    qmin: i32,
+    qmax: i32,
+) -> (Vec<bool>, Vec<f32>) {
+    let factor: Vec<f32> = x
+        .par_iter()
+        .with_min_len(1 << 14)
+        .map(|&v| {
+            let t = v / q.scale;
+            let r = t.round_ties_even() + q.zero_point as f32;
+            if r < qmin as f32 {
+                (qmin - q.zero_point) as f32
+            } else if r > qmax as f32 {
+                (qmax - q.zero_point) as f32
+            } else {
+                t.round_ties_even() - t
+            }
+        })
+        .collect();
+    (fake_quantize(x, q, qmin, qmax), factor)
+}
+
 /// The weights as the int8 model will hold them (quantized per the qconfig, dequantized).
 pub fn fake_quant_weight(w: &[f32], out_channels: usize, qc: &QConfig) -> Vec<f32> {
     let q = if qc.weight_scheme.is_per_channel() {
@@ -144,6 +179,22 @@ mod tests {
         // moving average
         fq.observe(&[0.0, 3.55]);
         assert!((fq.max - 2.56).abs() < 1e-5);
+    }
+
+    #[test]
+    fn lsq_scale_derivative() {
+        let q = QuantParams {
+            scale: 0.1,
+            zero_point: 10,
+        };
+        let mut x = vec![0.26, -5.0, 30.0, 1.0];
+        let (mask, f) = fake_quantize_lsq(&mut x, q, 0, 255);
+        assert_eq!(mask, vec![true, false, false, true]);
+        // 0.26/0.1 = 2.6 -> 3: 3 - 2.6; below: 0 - 10; above: 255 - 10; exact: 0.
+        assert!((f[0] - 0.4).abs() < 1e-5);
+        assert_eq!((f[1], f[2]), (-10.0, 245.0));
+        assert!(f[3].abs() < 1e-5);
+        assert!((x[0] - 0.3).abs() < 1e-6 && (x[1] + 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -127,6 +127,13 @@ pub fn train_step(
             }
         }
     }
+    if let Some(q) = tg.qat.as_mut() {
+        let mut scales: Vec<_> = grads.scales.iter().collect();
+        scales.sort_by_key(|(v, _)| **v);
+        for (&v, &g) in scales {
+            q.step_scale(v, g, opt, lr);
+        }
+    }
     Ok((loss, correct))
 }
 

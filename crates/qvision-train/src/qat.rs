@@ -36,6 +36,8 @@ pub struct QatState {
     pub observers_enabled: bool,
     /// Fake quantization is applied (PyTorch's `enable_fake_quant`).
     pub fake_quant_enabled: bool,
+    /// Activation scales are learned (LSQ) instead of observed: see [`enable_lsq`].
+    pub lsq: bool,
     shapes: BTreeMap<String, Vec<usize>>,
 }
 
@@ -46,9 +48,9 @@ impl QatState {
         v: ValueId,
         b: &mut Buf,
         train: bool,
-    ) -> Option<Vec<bool>> {
+    ) -> Option<(Vec<bool>, Option<Vec<f32>>)> {
         let (name, fq) = self.act.get_mut(&v)?;
-        if train && self.observers_enabled {
+        if train && self.observers_enabled && fq.learned.is_none() {
             fq.observe(&b.data);
         }
         if !self.shapes.contains_key(name.as_str()) {
@@ -57,7 +59,40 @@ impl QatState {
         if !self.fake_quant_enabled || !fq.seen {
             return None;
         }
-        Some(fq.apply(&mut b.data, &self.qconfig))
+        if self.lsq && train {
+            // LSQ starts from the observed range, then learns the scale.
+            let q = fq.qparams(&self.qconfig);
+            fq.learned.get_or_insert((q.scale, q.zero_point));
+            let (qmin, qmax) = self
+                .qconfig
+                .activation_dtype
+                .range(self.qconfig.reduce_range);
+            let (mask, factor) = crate::fake_quant::fake_quantize_lsq(
+                &mut b.data,
+                fq.qparams(&self.qconfig),
+                qmin,
+                qmax,
+            );
+            return Some((mask, Some(factor)));
+        }
+        Some((fq.apply(&mut b.data, &self.qconfig), None))
+    }
+
+    /// One optimizer step on the learned scale of activation `v` (LSQ).
+    pub(crate) fn step_scale(
+        &mut self,
+        v: ValueId,
+        grad: f32,
+        opt: &mut crate::optim::Optimizer,
+        lr: f32,
+    ) {
+        if let Some((name, fq)) = self.act.get_mut(&v) {
+            if let Some((s, _)) = fq.learned.as_mut() {
+                let mut p = [*s];
+                opt.step(&format!("fake_quant.{name}.scale"), &mut p, &[grad], lr);
+                *s = p[0].max(1e-8);
+            }
+        }
     }
 
     /// Activation quantization parameters by fused value name (what `convert` reads).
@@ -163,6 +198,7 @@ pub fn prepare_qat(
         act,
         observers_enabled: true,
         fake_quant_enabled: true,
+        lsq: false,
         shapes: BTreeMap::new(),
     });
     Ok(())
@@ -197,6 +233,15 @@ fn producers(g: &Graph) -> HashMap<ValueId, usize> {
         .enumerate()
         .flat_map(|(i, n)| n.outputs.iter().map(move |o| (*o, i)))
         .collect()
+}
+
+/// Learn the activation scales (LSQ, Esser et al. 2020) instead of observing them: each
+/// fake-quant starts from its first observed range, then its scale is trained with the
+/// weights (gradient scaled by `1/sqrt(n·(qmax-qmin))`); zero points stay fixed.
+pub fn enable_lsq(tg: &mut TrainGraph) {
+    if let Some(q) = tg.qat.as_mut() {
+        q.lsq = true;
+    }
 }
 
 /// PyTorch's `freeze_bn_stats`: BatchNorm uses (and stops updating) its running statistics.

@@ -278,3 +278,52 @@ fn a_batch_the_graph_cannot_take_is_an_error_naming_the_node() {
         .to_string();
     assert!(e.contains("conv1"), "{e}");
 }
+
+#[test]
+fn lsq_learns_activation_scales_and_converts() {
+    let mut tg = graph();
+    fit(&mut tg, &Blobs, None, &cfg(4, None), None, &mut Quiet).unwrap();
+    let fp32 = qvision_train::fit::evaluate_graph(&tg.graph, &Blobs, 32).unwrap();
+    qvision_train::prepare_qat(&mut tg, QConfig::default_for(Backend::X86)).unwrap();
+    qvision_train::qat::enable_lsq(&mut tg);
+    let mut c = cfg(2, None);
+    c.lr = 0.005;
+    fit(&mut tg, &Blobs, None, &c, None, &mut Quiet).unwrap();
+    let q = tg.qat.as_ref().unwrap();
+    let learned: Vec<(f32, f32, f32)> = q
+        .observers()
+        .values()
+        .filter_map(|f| f.learned.map(|(s, _)| (s, f.min, f.max)))
+        .collect();
+    assert_eq!(
+        learned.len(),
+        q.counts().0,
+        "every activation has a learned scale"
+    );
+    // The scales moved away from the range they started from.
+    let moved = learned
+        .iter()
+        .filter(|(s, lo, hi)| {
+            let init = (hi.max(0.0) - lo.min(0.0)) / 255.0;
+            (s - init).abs() > 1e-4 * init
+        })
+        .count();
+    assert!(moved > 0, "no scale was learned: {learned:?}");
+    // convert uses the learned scales: the int8 graph computes the LSQ graph.
+    let (int8, _) = qvision_train::convert(&tg).unwrap();
+    let l = DataLoader::new(&Blobs, 16);
+    let b = l.batch(&l.order(0), 0, 0).unwrap();
+    let sim = tg.forward(vec![b.x.clone()], false, 0).unwrap();
+    let s = qvision_graph::Session::new(&int8, Default::default()).unwrap();
+    let out = s
+        .run(vec![qvision_tensor::Tensor::from_f32(
+            b.x.shape.clone(),
+            b.x.data,
+        )
+        .unwrap()])
+        .unwrap();
+    let db = qvision_quant::sqnr_db(&sim.outputs()[0].data, out[0].as_f32().unwrap());
+    assert!(db >= 20.0, "int8 vs LSQ simulation {db:.1} dB");
+    let acc = qvision_train::fit::evaluate_graph(&int8, &Blobs, 32).unwrap();
+    assert!(acc >= fp32 - 0.05, "LSQ int8 {acc} vs fp32 {fp32}");
+}
