@@ -291,15 +291,7 @@ impl<'a> Ex<'a> {
         vec![
             ints("kernel_shape", &i(p.kernel)),
             ints("strides", &i(p.stride)),
-            ints(
-                "pads",
-                &[
-                    p.padding[0] as i64,
-                    p.padding[1] as i64,
-                    p.padding[0] as i64,
-                    p.padding[1] as i64,
-                ],
-            ),
+            ints("pads", &pads(p.padding)),
             ints("dilations", &i(p.dilation)),
             int("group", p.groups as i64),
         ]
@@ -310,15 +302,7 @@ impl<'a> Ex<'a> {
         let mut a = vec![
             ints("kernel_shape", &i(p.kernel)),
             ints("strides", &i(p.stride)),
-            ints(
-                "pads",
-                &[
-                    p.padding[0] as i64,
-                    p.padding[1] as i64,
-                    p.padding[0] as i64,
-                    p.padding[1] as i64,
-                ],
-            ),
+            ints("pads", &pads(p.padding)),
             int("ceil_mode", p.ceil_mode as i64),
         ];
         if dilations {
@@ -1111,4 +1095,9 @@ pub fn export(g: &Graph, opts: &ExportOptions) -> Result<proto::Model, OnnxError
             outputs,
         },
     })
+}
+
+/// ONNX `pads` (begin h, begin w, end h, end w) for symmetric padding.
+fn pads(p: [usize; 2]) -> [i64; 4] {
+    [p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]
 }

@@ -222,6 +222,30 @@ impl Im {
         self.tensors.get(&self.resolve(name))
     }
 
+    /// The constant `[k, o]` right-hand side of a Gemm/MatMul as a Linear weight `[o, k]`.
+    fn transposed_weight(
+        &mut self,
+        n: &proto::Node,
+        wname: &str,
+        not_const: &str,
+        not_2d: &str,
+    ) -> Result<ValueId, OnnxError> {
+        let t = self
+            .const_tensor(wname)
+            .ok_or_else(|| self.err(n, not_const))?
+            .clone();
+        let [k, o] = <[usize; 2]>::try_from(t.shape()).map_err(|_| self.err(n, not_2d))?;
+        let v = t.as_f32().map_err(|e| self.err(n, e.to_string()))?;
+        let mut tr = vec![0f32; v.len()];
+        for r in 0..k {
+            for c in 0..o {
+                tr[c * k + r] = v[r * o + c];
+            }
+        }
+        let t = Tensor::from_f32(vec![o, k], tr).map_err(|e| self.err(n, e.to_string()))?;
+        Ok(self.b.constant(&format!("{wname}(transposed)"), t))
+    }
+
     fn const_f32(&self, n: &proto::Node, i: usize) -> Result<Vec<f32>, OnnxError> {
         let name = n
             .inputs
@@ -456,22 +480,7 @@ impl Im {
                 let w = if n.int("transB").unwrap_or(0) != 0 {
                     self.value(n, &wname)?
                 } else {
-                    let t = self
-                        .const_tensor(&wname)
-                        .ok_or_else(|| self.err(n, "B must be an initializer"))?
-                        .clone();
-                    let [k, o] = <[usize; 2]>::try_from(t.shape())
-                        .map_err(|_| self.err(n, "B is not 2-D"))?;
-                    let v = t.as_f32().map_err(|e| self.err(n, e.to_string()))?;
-                    let mut tr = vec![0f32; v.len()];
-                    for r in 0..k {
-                        for c in 0..o {
-                            tr[c * k + r] = v[r * o + c];
-                        }
-                    }
-                    let t =
-                        Tensor::from_f32(vec![o, k], tr).map_err(|e| self.err(n, e.to_string()))?;
-                    self.b.constant(&format!("{wname}(transposed)"), t)
+                    self.transposed_weight(n, &wname, "B must be an initializer", "B is not 2-D")?
                 };
                 let mut ins = vec![x, w];
                 if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
@@ -487,21 +496,12 @@ impl Im {
                     .get(1)
                     .ok_or_else(|| self.err(n, "no weight"))?
                     .clone();
-                let t = self
-                    .const_tensor(&wname)
-                    .ok_or_else(|| self.err(n, "only a constant right-hand side"))?
-                    .clone();
-                let [k, o] = <[usize; 2]>::try_from(t.shape())
-                    .map_err(|_| self.err(n, "the weight is not 2-D"))?;
-                let v = t.as_f32().map_err(|e| self.err(n, e.to_string()))?;
-                let mut tr = vec![0f32; v.len()];
-                for r in 0..k {
-                    for c in 0..o {
-                        tr[c * k + r] = v[r * o + c];
-                    }
-                }
-                let t = Tensor::from_f32(vec![o, k], tr).map_err(|e| self.err(n, e.to_string()))?;
-                let w = self.b.constant(&format!("{wname}(transposed)"), t);
+                let w = self.transposed_weight(
+                    n,
+                    &wname,
+                    "only a constant right-hand side",
+                    "the weight is not 2-D",
+                )?;
                 self.out(n, Op::Linear { act: None }, &[x, w])
             }
             "Flatten" => {

@@ -397,15 +397,15 @@ impl TrainGraph {
                 pool,
                 count_include_pad,
             } => (
-                vec![ops::pool::avg_forward(
-                    x(0)?.as_ref(),
-                    pool,
-                    *count_include_pad,
-                )],
+                vec![
+                    ops::pool::avg_forward(x(0)?.as_ref(), pool, *count_include_pad)
+                        .map_err(TrainError::Graph)?,
+                ],
                 Saved::Nothing,
             ),
             Op::AdaptiveAvgPool2d { output } => (
-                vec![ops::pool::adaptive_forward(x(0)?.as_ref(), *output)],
+                vec![ops::pool::adaptive_forward(x(0)?.as_ref(), *output)
+                    .map_err(TrainError::Graph)?],
                 Saved::Nothing,
             ),
             Op::Binary(op) => (
@@ -417,10 +417,10 @@ impl TrainGraph {
                 let xs: Vec<Cow<'_, Buf>> =
                     (0..node.inputs.len()).map(x).collect::<Result<_, _>>()?;
                 let refs: Vec<&Buf> = xs.iter().map(|c| c.as_ref()).collect();
-                (vec![ops::shape::concat(&refs, *axis)], Saved::Nothing)
+                (vec![ops::shape::concat(&refs, *axis)?], Saved::Nothing)
             }
             Op::Split { axis, sizes } => (
-                ops::shape::split(x(0)?.as_ref(), *axis, sizes),
+                ops::shape::split(x(0)?.as_ref(), *axis, sizes)?,
                 Saved::Nothing,
             ),
             Op::Flatten { .. } | Op::Reshape { .. } => {
@@ -433,7 +433,7 @@ impl TrainGraph {
                 (vec![Buf::new(shape, xb.into_owned().data)], Saved::Nothing)
             }
             Op::Permute { perm } => (
-                vec![ops::shape::permute(x(0)?.as_ref(), perm)],
+                vec![ops::shape::permute(x(0)?.as_ref(), perm)?],
                 Saved::Nothing,
             ),
             Op::LayerNorm { eps } => {
@@ -471,7 +471,7 @@ impl TrainGraph {
                 }
             }
             Op::ChannelShuffle { groups } => (
-                vec![ops::shape::channel_shuffle(x(0)?.as_ref(), *groups, false)],
+                vec![ops::shape::channel_shuffle(x(0)?.as_ref(), *groups, false)?],
                 Saved::Nothing,
             ),
             other => {
@@ -741,7 +741,10 @@ impl TrainGraph {
                     .map(|i| val(i).map(|b| b.shape[*axis]))
                     .collect::<Result<_, _>>()?;
                 let g = Buf::new(out_shape(0), dy(&mut douts, 0));
-                for (i, part) in ops::shape::split(&g, *axis, &sizes).into_iter().enumerate() {
+                for (i, part) in ops::shape::split(&g, *axis, &sizes)?
+                    .into_iter()
+                    .enumerate()
+                {
                     r.push((i, part.data));
                 }
             }
@@ -750,14 +753,14 @@ impl TrainGraph {
                     .map(|k| Buf::new(out_shape(k), dy(&mut douts, k)))
                     .collect();
                 let refs: Vec<&Buf> = parts.iter().collect();
-                r.push((0, ops::shape::concat(&refs, *axis).data));
+                r.push((0, ops::shape::concat(&refs, *axis)?.data));
             }
             (Op::Flatten { .. } | Op::Reshape { .. }, _) => r.push((0, dy(&mut douts, 0))),
             (Op::Permute { perm }, _) => {
                 let g = Buf::new(out_shape(0), dy(&mut douts, 0));
                 r.push((
                     0,
-                    ops::shape::permute(&g, &ops::shape::inverse_perm(perm)).data,
+                    ops::shape::permute(&g, &ops::shape::inverse_perm(perm))?.data,
                 ));
             }
             (Op::LayerNorm { .. }, Saved::Ln(st)) => {
@@ -785,7 +788,7 @@ impl TrainGraph {
             }
             (Op::ChannelShuffle { groups }, _) => {
                 let g = Buf::new(out_shape(0), dy(&mut douts, 0));
-                r.push((0, ops::shape::channel_shuffle(&g, *groups, true).data));
+                r.push((0, ops::shape::channel_shuffle(&g, *groups, true)?.data));
             }
             (op, _) => return Err(TrainError::Unsupported(op.kind().to_string())),
         }

@@ -16,18 +16,7 @@ pub fn cross_entropy(logits: &Buf, labels: &[usize], smoothing: f32) -> (f32, Ve
         let sum: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
         let lse = m as f64 + sum.ln();
         let y = labels[i].min(c - 1);
-        let argmax = row
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| {
-                if v > bv {
-                    (j, v)
-                } else {
-                    (bi, bv)
-                }
-            })
-            .0;
-        correct += (argmax == y) as usize;
+        correct += (argmax(row) == y) as usize;
         let mean_logit: f64 = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
         loss += (1.0 - smoothing as f64) * (lse - row[y] as f64)
             + smoothing as f64 * (lse - mean_logit);
@@ -43,20 +32,19 @@ pub fn cross_entropy(logits: &Buf, labels: &[usize], smoothing: f32) -> (f32, Ve
 /// Index of the largest logit in each row.
 pub fn argmax_rows(logits: &Buf) -> Vec<usize> {
     let c = *logits.shape.last().unwrap_or(&1);
-    logits
-        .data
-        .chunks(c)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| {
-                    if v > bv {
-                        (j, v)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
+    logits.data.chunks(c).map(argmax).collect()
+}
+
+/// Index of the first largest value.
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| {
+            if v > bv {
+                (j, v)
+            } else {
+                (bi, bv)
+            }
         })
-        .collect()
+        .0
 }

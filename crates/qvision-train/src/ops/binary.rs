@@ -1,9 +1,8 @@
-//! Element-wise binary ops with NumPy broadcasting, and their gradients (summed back over the
-//! broadcast dims).
+//! Element-wise binary ops with NumPy broadcasting (forward on the engine's kernel) and their
+//! gradients (summed back over the broadcast dims).
 
 use super::Buf;
-use qvision_kernels::elementwise::{broadcast_shape, BinaryOp};
-use rayon::prelude::*;
+use qvision_kernels::elementwise::{binary, broadcast_shape, BinaryOp};
 
 /// Strides of `shape` aligned to `out` (right-aligned), 0 where broadcast.
 fn aligned_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
@@ -47,36 +46,11 @@ fn for_each_index(
     }
 }
 
-fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-    }
-}
-
+/// `op(a, b)` with broadcasting (the inference engine's kernel).
 pub fn forward(op: BinaryOp, a: &Buf, b: &Buf) -> Result<Buf, String> {
-    if a.shape == b.shape {
-        let data = a
-            .data
-            .par_iter()
-            .zip(&b.data)
-            .with_min_len(1 << 13)
-            .map(|(&x, &y)| apply(op, x, y))
-            .collect();
-        return Ok(Buf::new(a.shape.clone(), data));
-    }
-    let out = broadcast_shape(&a.shape, &b.shape).map_err(|e| e.to_string())?;
-    let (sa, sb) = (
-        aligned_strides(&a.shape, &out),
-        aligned_strides(&b.shape, &out),
-    );
-    let mut y = vec![0.0; out.iter().product()];
-    for_each_index(&out, &sa, &sb, |o, ia, ib| {
-        y[o] = apply(op, a.data[ia], b.data[ib]);
-    });
-    Ok(Buf::new(out, y))
+    let (data, shape) =
+        binary(op, &a.data, &a.shape, &b.data, &b.shape).map_err(|e| e.to_string())?;
+    Ok(Buf::new(shape, data))
 }
 
 /// `(da, db)`, each shaped like its input.

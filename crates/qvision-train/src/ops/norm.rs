@@ -181,17 +181,8 @@ pub fn layer_norm_backward(
 }
 
 pub fn softmax_forward(x: &Buf) -> Buf {
-    let d = *x.shape.last().unwrap_or(&1);
     let mut y = x.data.clone();
-    for row in y.chunks_mut(d) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut s = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            s += *v;
-        }
-        row.iter_mut().for_each(|v| *v /= s);
-    }
+    qvision_kernels::elementwise::softmax_rows(&mut y, *x.shape.last().unwrap_or(&1));
     Buf::new(x.shape.clone(), y)
 }
 

@@ -99,14 +99,12 @@ fn avg_walk(
     }
 }
 
-pub fn avg_forward(x: &Buf, p: &Pool2dParams, count_include_pad: bool) -> Buf {
+/// Average pooling (the engine's kernel; [`avg_backward`] walks the same windows).
+pub fn avg_forward(x: &Buf, p: &Pool2dParams, count_include_pad: bool) -> Result<Buf, String> {
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (oh, ow) = out_size(x, p);
-    let mut y = vec![0.0; n * c * oh * ow];
-    avg_walk(&x.shape, p, count_include_pad, |o, nc, i, s| {
-        y[o] += x.data[nc * h * w + i] * s
-    });
-    Buf::new(vec![n, c, oh, ow], y)
+    let (y, oh, ow) = qvision_kernels::pool::avg_pool2d(p, count_include_pad, &x.data, n * c, h, w)
+        .map_err(|e| e.to_string())?;
+    Ok(Buf::new(vec![n, c, oh, ow], y))
 }
 
 pub fn avg_backward(
@@ -129,22 +127,12 @@ fn adaptive_bins(size: usize, out: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-pub fn adaptive_forward(x: &Buf, output: [usize; 2]) -> Buf {
+/// Adaptive average pooling (the engine's kernel; [`adaptive_backward`] uses the same bins).
+pub fn adaptive_forward(x: &Buf, output: [usize; 2]) -> Result<Buf, String> {
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (by, bx) = (adaptive_bins(h, output[0]), adaptive_bins(w, output[1]));
-    let mut y = Vec::with_capacity(n * c * output[0] * output[1]);
-    for plane in x.data.chunks(h * w) {
-        for &(y0, y1) in &by {
-            for &(x0, x1) in &bx {
-                let mut s = 0.0f32;
-                for iy in y0..y1 {
-                    s += plane[iy * w + x0..iy * w + x1].iter().sum::<f32>();
-                }
-                y.push(s / ((y1 - y0) * (x1 - x0)) as f32);
-            }
-        }
-    }
-    Buf::new(vec![n, c, output[0], output[1]], y)
+    let y = qvision_kernels::pool::adaptive_avg_pool2d(&x.data, n * c, h, w, output[0], output[1])
+        .map_err(|e| e.to_string())?;
+    Ok(Buf::new(vec![n, c, output[0], output[1]], y))
 }
 
 pub fn adaptive_backward(x_shape: &[usize], output: [usize; 2], dy: &[f32]) -> Vec<f32> {
