@@ -91,21 +91,6 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The ops of the nodes that read `v`.
-    fn readers(&self, v: ValueId) -> Vec<Op> {
-        let mut r: Vec<Op> = self
-            .g
-            .nodes
-            .iter()
-            .filter(|n| n.inputs.contains(&v))
-            .map(|n| n.op.clone())
-            .collect();
-        if self.g.outputs.contains(&v) {
-            r.push(Op::Dropout { p: 0.0 });
-        }
-        r
-    }
-
     /// The output of the single node that reads `v`.
     fn reader_output(&self, v: ValueId) -> Option<ValueId> {
         let mut it = self.g.nodes.iter().filter(|n| n.inputs.contains(&v));
@@ -367,8 +352,7 @@ impl Ctx<'_> {
             Op::BatchNorm2d { eps } if u8_in == Some(Nhwc) => {
                 // an unfolded BN (DenseNet's pre-activation): a per-channel affine map, with the
                 // ReLU after it when that is its only reader
-                let relu_after =
-                    self.readers(y).as_slice() == [Op::Act(qvision_graph::Activation::Relu)];
+                let relu_after = only_reader_is_relu(self.g, y);
                 let out_v = if relu_after {
                     self.reader_output(y)
                 } else {
@@ -595,6 +579,35 @@ impl Ctx<'_> {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+}
+
+/// Is `v` read by exactly one node, a ReLU, and not a graph output? An unfolded BatchNorm with
+/// such an output converts together with its ReLU into one per-channel affine.
+fn only_reader_is_relu(g: &Graph, v: ValueId) -> bool {
+    let mut readers = g.nodes.iter().filter(|n| n.inputs.contains(&v));
+    matches!(
+        (readers.next(), readers.next()),
+        (Some(n), None) if n.op == Op::Act(qvision_graph::Activation::Relu)
+    ) && !g.outputs.contains(&v)
+}
+
+/// Does `convert` give this node's output its input's quantization rather than its own?
+/// Max pooling and the data-movement ops keep the input's u8 values and qparams (or, where
+/// they stay fp32, have no qparams of their own), and an
+/// unfolded BatchNorm read only by a ReLU never materialises (the pair is one affine whose
+/// output is the ReLU's). Quantization-aware training places no fake-quant there.
+pub fn keeps_input_qparams(g: &Graph, n: &Node) -> bool {
+    match &n.op {
+        Op::MaxPool2d(_)
+        | Op::Split { .. }
+        | Op::ChannelShuffle { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Dropout { .. } => true,
+        Op::BatchNorm2d { .. } => only_reader_is_relu(g, n.outputs[0]),
+        _ => false,
     }
 }
 

@@ -151,10 +151,9 @@ pub fn prepare_qat(
         }
     }
     let mut act = BTreeMap::new();
-    let fused_uses = fused.use_counts();
     for n in &fused.nodes {
         if mapping.qconfig_for(&n.name, n.op.kind()).is_none()
-            || shares_input_qparams(&fused, n, &fused_uses)
+            || qvision_quant::convert::keeps_input_qparams(&fused, n)
         {
             continue;
         }
@@ -202,29 +201,6 @@ pub fn prepare_qat(
         shapes: BTreeMap::new(),
     });
     Ok(())
-}
-
-/// Ops whose int8 output keeps its input's quantization (data movement and max pooling), and a
-/// BatchNorm whose only reader is a ReLU (`convert` fuses the pair into one per-channel affine
-/// whose output is the ReLU's): their outputs get no fake-quant of their own, as in `convert`.
-fn shares_input_qparams(g: &Graph, n: &qvision_graph::Node, uses: &[usize]) -> bool {
-    match &n.op {
-        Op::MaxPool2d(_)
-        | Op::Split { .. }
-        | Op::ChannelShuffle { .. }
-        | Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. }
-        | Op::Dropout { .. } => true,
-        Op::BatchNorm2d { .. } => {
-            let y = n.outputs[0];
-            uses[y.0] == 1
-                && g.nodes.iter().any(|m| {
-                    m.inputs.contains(&y) && m.op == Op::Act(qvision_graph::Activation::Relu)
-                })
-        }
-        _ => false,
-    }
 }
 
 fn producers(g: &Graph) -> HashMap<ValueId, usize> {
