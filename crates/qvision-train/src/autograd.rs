@@ -510,6 +510,11 @@ impl TrainGraph {
     pub fn backward(&self, tape: &Tape, grad_outputs: Vec<Vec<f32>>) -> Result<Grads, TrainError> {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.graph.values.len()];
         let mut scale_grads = HashMap::new();
+        // LSQ's gradient scale uses the number of quantization steps.
+        let qrange = self.qat.as_ref().map_or(255.0, |q| {
+            let (lo, hi) = q.qconfig.activation_dtype.range(q.qconfig.reduce_range);
+            (hi - lo) as f32
+        });
         for (o, g) in self.graph.outputs.iter().zip(grad_outputs) {
             add_grad(&mut grads, *o, g);
         }
@@ -523,10 +528,6 @@ impl TrainGraph {
             if douts.iter().all(Option::is_none) {
                 continue;
             }
-            let qrange = self.qat.as_ref().map_or(255.0, |q| {
-                let (lo, hi) = q.qconfig.activation_dtype.range(q.qconfig.reduce_range);
-                (hi - lo) as f32
-            });
             for (o, d) in node.outputs.iter().zip(douts.iter_mut()) {
                 if let (Some(d), Some(f)) = (d.as_ref(), tape.lsq.get(o)) {
                     let g: f32 = d.iter().zip(f).map(|(a, b)| a * b).sum();
