@@ -74,6 +74,10 @@ pub enum Int8Isa {
     /// AVX-512 VNNI `vpdpbusd` (with F/BW/VL, AVX2, FMA): four u8 x s8 products summed into each
     /// i32 lane.
     Avx512Vnni,
+    /// AMX-INT8 tiles (`tdpbusd`, 16x64 u8 times 64x16 s8 per instruction) for the GEMM convs,
+    /// on top of AVX-512 VNNI for everything else (Sapphire Rapids and later). Needs the OS to
+    /// grant the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, Linux 5.16+).
+    Amx,
 }
 
 /// Whether this CPU can run an int8 level.
@@ -91,6 +95,7 @@ pub fn supports_int8(level: Int8Isa) -> bool {
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512vnni")
             }
+            Int8Isa::Amx => supports_int8(Int8Isa::Avx512Vnni) && amx_ready(),
         };
     }
     #[allow(unreachable_code)]
@@ -101,14 +106,20 @@ pub fn supports_int8(level: Int8Isa) -> bool {
 
 /// The best int8 level this CPU supports.
 pub fn best_int8() -> Int8Isa {
-    [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2]
-        .into_iter()
-        .find(|&l| supports_int8(l))
-        .unwrap_or(Int8Isa::Scalar)
+    [
+        Int8Isa::Amx,
+        Int8Isa::Avx512Vnni,
+        Int8Isa::AvxVnni,
+        Int8Isa::Avx2,
+    ]
+    .into_iter()
+    .find(|&l| supports_int8(l))
+    .unwrap_or(Int8Isa::Scalar)
 }
 
 /// The int8 level in use: [`best_int8`], or what `QVISION_ISA` names if the CPU has it
-/// (`avx2`, `avxvnni`, `vnni`/`avx512`/`amx` for AVX-512 VNNI), else the best level below it.
+/// (`scalar`, `avx2`, `avxvnni`, `vnni`/`avx512` for AVX-512 VNNI, `amx`), else the best level
+/// below it.
 pub fn current_int8() -> Int8Isa {
     static ISA: OnceLock<Int8Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -116,7 +127,8 @@ pub fn current_int8() -> Int8Isa {
             Ok("scalar") => Int8Isa::Scalar,
             Ok("avx2") => Int8Isa::Avx2,
             Ok("avxvnni") => Int8Isa::AvxVnni,
-            _ => Int8Isa::Avx512Vnni,
+            Ok("avx512") | Ok("vnni") => Int8Isa::Avx512Vnni,
+            _ => Int8Isa::Amx,
         };
         available_int8()
             .into_iter()
@@ -133,10 +145,56 @@ pub fn available_int8() -> Vec<Int8Isa> {
         Int8Isa::Avx2,
         Int8Isa::AvxVnni,
         Int8Isa::Avx512Vnni,
+        Int8Isa::Amx,
     ]
     .into_iter()
     .filter(|&i| supports_int8(i))
     .collect()
+}
+
+/// Whether AMX-INT8 can be used: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the
+/// kernel grants this process the tile data state, and the tile kernel then agrees with the
+/// scalar one on a test conv (checked once; a mismatch is reported on stderr and AMX stays
+/// off).
+#[cfg(target_arch = "x86_64")]
+fn amx_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // leaf 7 (read only where the CPU has it): EDX bit 24 AMX-TILE, bit 25 AMX-INT8
+        let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
+        if !leaf7 || !request_tile_permission() {
+            return false;
+        }
+        let ok = crate::qnhwc::amx_hardware_agrees();
+        if !ok {
+            eprintln!("qvision: the AMX int8 kernel disagrees with the scalar reference on this CPU; using AVX-512 VNNI");
+        }
+        ok
+    })
+}
+
+/// Ask Linux for the AMX tile data state (XFEATURE 18), which a process must request once
+/// before its first tile instruction.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with two integer arguments; it changes only which extended
+    // states this process may use.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+/// Other systems: AMX is left off (no way to request the tile state here).
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
 }
 
 /// Every ISA this CPU can run, for differential tests.

@@ -40,14 +40,14 @@ enum Mode {
 /// A quantized convolution with weights packed once.
 #[derive(Debug)]
 pub struct PreparedQConv {
-    params: Conv2dParams,
+    pub(super) params: Conv2dParams,
     mode: Mode,
     /// Per output channel: `bias - za * colsum` (GEMM) or `bias` (depthwise).
-    shift: Vec<i32>,
-    out: QConvOutput,
+    pub(super) shift: Vec<i32>,
+    pub(super) out: QConvOutput,
 }
 
-crate::isa::multiversion!(fn requant_row(acc: &[i32], e: &Epilogue<'_>, tmp: &mut [f32], out: &mut [u8]) => requant_row_body);
+crate::isa::multiversion!(pub(super) fn requant_row(acc: &[i32], e: &Epilogue<'_>, tmp: &mut [f32], out: &mut [u8]) => requant_row_body);
 
 impl PreparedQConv {
     /// `weight` is PyTorch's `out x in/groups x kh x kw` s8 layout; `bias` is in the
@@ -168,6 +168,47 @@ impl PreparedQConv {
         w: usize,
         residual: Option<(&[u8], i32, f32)>,
     ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Int8Isa::Amx {
+            return self.run_amx_with(|| super::amx::Hardware, x, n, h, w, residual);
+        }
+        self.run_inner(
+            isa,
+            None::<fn() -> super::amx::Emulator>,
+            x,
+            n,
+            h,
+            w,
+            residual,
+        )
+    }
+
+    /// Run with the GEMM convs on AMX tiles issued through `unit` (the hardware, or the
+    /// emulator in tests); depthwise convs take the best vector path.
+    pub(crate) fn run_amx_with<U: super::amx::TileUnit>(
+        &self,
+        unit: impl Fn() -> U + Sync,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[u8], i32, f32)>,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
+        let vector = isa::best_int8().min(Int8Isa::Avx512Vnni);
+        self.run_inner(vector, Some(unit), x, n, h, w, residual)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_inner<U: super::amx::TileUnit>(
+        &self,
+        isa: Int8Isa,
+        amx: Option<impl Fn() -> U + Sync>,
+        x: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[u8], i32, f32)>,
+    ) -> Result<(Vec<u8>, usize, usize), KernelError> {
         let p = &self.params;
         if x.len() != n * h * w * p.in_channels {
             return Err(shape_err(
@@ -203,11 +244,14 @@ impl PreparedQConv {
                 w: wt,
                 shift_zp,
                 paired,
-            } if isa == Int8Isa::Avx512Vnni => {
+            } if isa >= Int8Isa::Avx512Vnni => {
                 self.depthwise_avx512(x, &g, wt, shift_zp, paired.as_ref(), residual, &mut y)
             }
             Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
-            Mode::Gemm { per, packed } => self.gemm(isa, x, &g, *per, packed, residual, &mut y),
+            Mode::Gemm { per, packed } => match amx {
+                Some(unit) => self.gemm_amx(unit, x, &g, *per, packed, residual, &mut y),
+                None => self.gemm(isa, x, &g, *per, packed, residual, &mut y),
+            },
         }
         Ok((y, oh, ow))
     }
@@ -268,7 +312,11 @@ impl PreparedQConv {
         Ok(y)
     }
 
-    fn epilogue<'a>(&'a self, c0: usize, residual: Option<(&'a [u8], i32, f32)>) -> Epilogue<'a> {
+    pub(super) fn epilogue<'a>(
+        &'a self,
+        c0: usize,
+        residual: Option<(&'a [u8], i32, f32)>,
+    ) -> Epilogue<'a> {
         Epilogue {
             shift: &self.shift[c0..],
             mult: &self.out.multiplier[c0..],
@@ -299,34 +347,10 @@ impl PreparedQConv {
         let m = g.n * g.oh * g.ow;
         let tiles = m.div_ceil(MR);
         let zbuf = vec![self.out.za; cin_sg.max(4)];
-        // work items: (super-group, run of tiles); each tile's row pointers serve every block
-        let threads = rayon::current_num_threads().max(1);
-        let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
-        let per_chunk = tiles.div_ceil(chunks);
-        // Few tiles (late, small layers): also split each super-group's output blocks, so both
-        // threads have work and each streams only its share of the weights.
-        let base = packed.len() * tiles.div_ceil(per_chunk);
-        let min_blocks = packed
-            .iter()
-            .map(|pb| pb.blocks.len())
-            .min()
-            .unwrap_or(1)
-            .max(1);
-        let bsplit = if base < 8 * threads {
-            (8 * threads).div_ceil(base).min(min_blocks)
-        } else {
-            1
-        };
-        let items: Vec<(usize, usize, usize)> = (0..packed.len())
-            .flat_map(|s| {
-                (0..tiles.div_ceil(per_chunk))
-                    .flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
-            })
-            .collect();
+        let (per_chunk, bsplit, items) = plan_items(packed, tiles);
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
-        let pointwise = taps == 1 && p.stride == [1, 1] && p.padding == [0, 0];
         items.par_iter().for_each(|&(s, c, k)| {
             let pb = &packed[s];
             let nbk = pb.blocks.len();
@@ -336,56 +360,7 @@ impl PreparedQConv {
             let mut tmp = [0f32; NBLK];
             for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
                 let p0 = tile * MR;
-                if pointwise {
-                    // a 1x1 stride-1 unpadded conv: row i is pixel p0+i, no coordinates
-                    for (i, r) in rows.iter_mut().enumerate().take(MR) {
-                        let at = (p0 + i).min(m - 1) * g.cin + s * cin_sg;
-                        *r = RowPtr(x[at..at + cin_sg].as_ptr());
-                    }
-                } else {
-                    // coordinates of the tile's first pixel, then stepped (no divisions per row)
-                    let first = p0.min(m - 1);
-                    let (mut bi, rem) = (first / (g.oh * g.ow), first % (g.oh * g.ow));
-                    let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
-                    for i in 0..MR {
-                        if p0 + i >= m {
-                            // past the end: repeat the last real row (its results are dropped)
-                            for t in 0..taps {
-                                rows[t * MR + i] = rows[t * MR + i - 1];
-                            }
-                            continue;
-                        }
-                        for ky in 0..p.kernel[0] {
-                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                                - p.padding[0] as isize;
-                            for kx in 0..p.kernel[1] {
-                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                                    - p.padding[1] as isize;
-                                let t = ky * p.kernel[1] + kx;
-                                rows[t * MR + i] = if iy >= 0
-                                    && ix >= 0
-                                    && (iy as usize) < g.h
-                                    && (ix as usize) < g.w
-                                {
-                                    let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * g.cin
-                                        + s * cin_sg;
-                                    RowPtr(x[at..at + cin_sg].as_ptr())
-                                } else {
-                                    RowPtr(zbuf.as_ptr())
-                                };
-                            }
-                        }
-                        ox += 1;
-                        if ox == g.ow {
-                            ox = 0;
-                            oy += 1;
-                            if oy == g.oh {
-                                oy = 0;
-                                bi += 1;
-                            }
-                        }
-                    }
-                }
+                g.fill_rows(p, x, &zbuf, s * cin_sg, cin_sg, p0, MR, &mut rows);
                 for &(col0, nb, off) in my_blocks {
                     let width = (pb.n - col0).min(NBLK);
                     let c0 = s * cout_sg + col0;
@@ -591,14 +566,111 @@ impl PreparedQConv {
 }
 
 /// Spatial geometry of one run.
-struct Geom {
-    n: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    cin: usize,
-    cout: usize,
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+}
+
+impl Geom {
+    /// Point `rows[t * mr + i]` at the `len` input bytes (from channel `col`) that tap `t` of
+    /// output pixel `p0 + i` reads: the zero-point buffer `zbuf` where the tap is padding, and
+    /// the last real pixel's taps again past the end (their results are dropped).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fill_rows(
+        &self,
+        p: &Conv2dParams,
+        x: &[u8],
+        zbuf: &[u8],
+        col: usize,
+        len: usize,
+        p0: usize,
+        mr: usize,
+        rows: &mut [RowPtr],
+    ) {
+        let g = self;
+        let m = g.n * g.oh * g.ow;
+        let taps = p.kernel[0] * p.kernel[1];
+        if taps == 1 && p.stride == [1, 1] && p.padding == [0, 0] {
+            // a 1x1 stride-1 unpadded conv: row i is pixel p0+i, no coordinates
+            for (i, r) in rows.iter_mut().enumerate().take(mr) {
+                let at = (p0 + i).min(m - 1) * g.cin + col;
+                *r = RowPtr(x[at..at + len].as_ptr());
+            }
+            return;
+        }
+        // coordinates of the tile's first pixel, then stepped (no divisions per row)
+        let first = p0.min(m - 1);
+        let (mut bi, rem) = (first / (g.oh * g.ow), first % (g.oh * g.ow));
+        let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+        for i in 0..mr {
+            if p0 + i >= m {
+                for t in 0..taps {
+                    rows[t * mr + i] = rows[t * mr + i - 1];
+                }
+                continue;
+            }
+            for ky in 0..p.kernel[0] {
+                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                for kx in 0..p.kernel[1] {
+                    let ix =
+                        (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                    let t = ky * p.kernel[1] + kx;
+                    rows[t * mr + i] =
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * g.cin + col;
+                            RowPtr(x[at..at + len].as_ptr())
+                        } else {
+                            RowPtr(zbuf.as_ptr())
+                        };
+                }
+            }
+            ox += 1;
+            if ox == g.ow {
+                ox = 0;
+                oy += 1;
+                if oy == g.oh {
+                    oy = 0;
+                    bi += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Split a GEMM conv into parallel work items `(super-group, run of tiles, block range)`:
+/// about eight per thread; with few tiles (late, small layers) each super-group's output blocks
+/// are split too, so every thread has work and streams only its share of the weights. Returns
+/// the tiles per run, the block split and the items.
+pub(super) fn plan_items(
+    packed: &[PackedQB],
+    tiles: usize,
+) -> (usize, usize, Vec<(usize, usize, usize)>) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
+    let per_chunk = tiles.div_ceil(chunks);
+    let base = packed.len() * tiles.div_ceil(per_chunk);
+    let min_blocks = packed
+        .iter()
+        .map(|pb| pb.blocks.len())
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let bsplit = if base < 8 * threads {
+        (8 * threads).div_ceil(base).min(min_blocks)
+    } else {
+        1
+    };
+    let items = (0..packed.len())
+        .flat_map(|s| {
+            (0..tiles.div_ceil(per_chunk)).flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
+        })
+        .collect();
+    (per_chunk, bsplit, items)
 }
 
 struct DwRow<'a> {

@@ -14,12 +14,19 @@
 //! Small groups (ResNeXt, RegNet) are merged into "super-groups" of at least 16 output channels
 //! with block-diagonal weights; depthwise convs run a direct kernel over channel vectors.
 
+mod amx;
 mod conv;
 mod generic;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
 pub use conv::{PreparedQConv, QConvOutput};
+
+/// Whether the hardware AMX tile path matches the scalar kernel (run once at detection).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn amx_hardware_agrees() -> bool {
+    amx::hardware_agrees()
+}
 
 use crate::isa::{Int8Isa, Isa};
 use crate::Activation;
@@ -154,7 +161,7 @@ pub(crate) fn float_isa(isa: Int8Isa) -> Isa {
     match isa {
         Int8Isa::Scalar => Isa::Scalar,
         Int8Isa::Avx2 | Int8Isa::AvxVnni => Isa::Avx2,
-        Int8Isa::Avx512Vnni => Isa::Avx512,
+        Int8Isa::Avx512Vnni | Int8Isa::Amx => Isa::Avx512,
     }
 }
 
@@ -220,7 +227,9 @@ pub(crate) fn run_tile(
 ) -> bool {
     debug_assert!(rows.len() >= taps * MR && b.len() >= taps * cin.div_ceil(4) * nb * 64);
     #[cfg(target_arch = "x86_64")]
-    if isa == Int8Isa::Avx512Vnni {
+    if isa >= Int8Isa::Avx512Vnni {
+        // (AMX runs its own driver; a 6-row tile asked of it, e.g. a linear layer's f32
+        // output, takes the VNNI kernel the AMX level includes)
         // SAFETY: AVX-512 F/BW/VL/VNNI were detected (`isa` never exceeds `best_int8`); every
         // row pointer has `cin` readable bytes per tap and `b` holds the block (checked above
         // in debug builds, guaranteed by the packing and the drivers).

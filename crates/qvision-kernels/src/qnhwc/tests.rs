@@ -206,6 +206,96 @@ proptest! {
     }
 }
 
+/// Dense and grouped convs with channel counts that give several 64-byte K chunks (whole and
+/// partial), odd numbers of 16-column vectors and several 64-column blocks.
+fn amx_case() -> impl Strategy<Value = Case> {
+    (
+        prop_oneof![Just(1usize), Just(1), Just(2), Just(4)],
+        1usize..200,
+        1usize..150,
+        prop_oneof![Just(1usize), Just(3)],
+        1usize..3,
+        0usize..2,
+        (1usize..3, 1usize..9, 1usize..9),
+    )
+        .prop_map(|(groups, cin, cout, k, s, pad, (n, h, w))| Case {
+            p: Conv2dParams {
+                in_channels: groups * cin.div_ceil(groups),
+                out_channels: groups * cout.div_ceil(groups),
+                kernel: [k, k],
+                stride: [s, s],
+                padding: [pad.min(k - 1); 2],
+                dilation: [1, 1],
+                groups,
+            },
+            n,
+            h: h + k,
+            w: w + k,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The AMX driver's whole instruction stream, run on the tile emulator, equals the scalar
+    /// reference bit for bit.
+    #[test]
+    fn amx_tiles_match_the_reference(c in prop_oneof![case(), amx_case()], za in 0u8..=255, zo in 0u8..=255,
+                                     act in 0usize..3, res in any::<bool>(), seed in any::<u64>()) {
+        let p = c.p;
+        let x = bytes(c.n * c.h * c.w * p.in_channels, seed);
+        let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..p.out_channels as i32).map(|i| (i * 977 - 5000) * (seed as i32 % 7)).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: (0..p.out_channels).map(|i| 2e-4 * (1.0 + i as f32 / 7.0)).collect(),
+            zo,
+            out_scale: 0.05,
+            act: [None, Some(crate::Activation::Relu), Some(crate::Activation::Relu6)][act],
+        };
+        let (oh, ow) = p.output_size(c.h, c.w).unwrap();
+        let r = bytes(c.n * oh * ow * p.out_channels, seed ^ 9);
+        let residual = res.then_some((r.as_slice(), 77, 0.37));
+        let want = reference(&p, &x, c.n, c.h, c.w, &wt, &bias, &out, residual);
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        let (got, gh, gw) = conv.run_amx_with(amx::Emulator::new, &x, c.n, c.h, c.w, residual).unwrap();
+        prop_assert_eq!((gh, gw), (oh, ow));
+        prop_assert!(got == want, "{:?}", p);
+    }
+}
+
+/// The emulator's `tdpbusd` is a u8 x s8 matrix product over K = 64, accumulated.
+#[test]
+fn emulated_tdpbusd_is_a_matrix_product() {
+    use amx::TileUnit;
+    let a: Vec<u8> = (0..16 * 64).map(|i| (i * 37 % 256) as u8).collect();
+    let b: Vec<u8> = (0..16 * 64).map(|i| (i * 91 % 256) as u8).collect();
+    let mut c = vec![0i32; 16 * 16];
+    c.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = i as i32 - 100);
+    let mut want = c.clone();
+    for m in 0..16 {
+        for n in 0..16 {
+            for k in 0..64 {
+                want[m * 16 + n] +=
+                    a[m * 64 + k] as i32 * b[(k / 4) * 64 + n * 4 + k % 4] as i8 as i32;
+            }
+        }
+    }
+    let mut u = amx::Emulator::new();
+    // SAFETY: configured first; every load/store covers 16 rows of 64 bytes of these buffers.
+    unsafe {
+        u.configure();
+        u.load::<0>(c.as_ptr().cast(), 64);
+        u.load::<4>(a.as_ptr(), 64);
+        u.load::<6>(b.as_ptr(), 64);
+        u.dpbusd::<0, 4, 6>();
+        u.store::<0>(c.as_mut_ptr().cast(), 64);
+        u.release();
+    }
+    assert_eq!(c, want);
+}
+
 #[test]
 fn bad_operands_are_errors() {
     let p = Conv2dParams {
