@@ -505,18 +505,28 @@ mod x86 {
         );
     }
 
-    /// Run `kernel::<N>` over the row in runs of 12, 8, 4, 2 and 1 pixels.
+    /// Run `kernel::<N>` over the row in balanced runs of at most 12 pixels (7 = one run of 7,
+    /// 14 = 7 + 7, 26 = 9 + 9 + 8): a short leftover run would leave the FMA pipes waiting on
+    /// too few accumulator chains.
     macro_rules! pixel_runs {
         ($ow:expr, $kernel:ident, $($args:expr),*) => {{
             let mut ox0 = 0;
             while ox0 < $ow {
-                let n = match $ow - ox0 {
-                    12.. => { $kernel::<12>($($args,)* ox0); 12 }
-                    8..=11 => { $kernel::<8>($($args,)* ox0); 8 }
-                    4..=7 => { $kernel::<4>($($args,)* ox0); 4 }
-                    2..=3 => { $kernel::<2>($($args,)* ox0); 2 }
-                    _ => { $kernel::<1>($($args,)* ox0); 1 }
-                };
+                let n = super::super::run_len($ow - ox0);
+                match n {
+                    12 => $kernel::<12>($($args,)* ox0),
+                    11 => $kernel::<11>($($args,)* ox0),
+                    10 => $kernel::<10>($($args,)* ox0),
+                    9 => $kernel::<9>($($args,)* ox0),
+                    8 => $kernel::<8>($($args,)* ox0),
+                    7 => $kernel::<7>($($args,)* ox0),
+                    6 => $kernel::<6>($($args,)* ox0),
+                    5 => $kernel::<5>($($args,)* ox0),
+                    4 => $kernel::<4>($($args,)* ox0),
+                    3 => $kernel::<3>($($args,)* ox0),
+                    2 => $kernel::<2>($($args,)* ox0),
+                    _ => $kernel::<1>($($args,)* ox0),
+                }
                 ox0 += n;
             }
         }};

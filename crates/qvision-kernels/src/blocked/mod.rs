@@ -12,6 +12,12 @@ pub mod pool;
 /// Channels per block.
 pub const B: usize = 16;
 
+/// The next register run for `rest` pixels left in a row: runs of at most 12, balanced, so a
+/// row never ends in a short run with too few independent accumulators (7 -> 7, 14 -> 7 + 7).
+pub(crate) fn run_len(rest: usize) -> usize {
+    rest.div_ceil(rest.div_ceil(12).max(1))
+}
+
 /// Number of channel blocks for `c` channels.
 pub fn blocks(c: usize) -> usize {
     c.div_ceil(B)

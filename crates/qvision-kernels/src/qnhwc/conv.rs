@@ -581,6 +581,7 @@ impl Geom {
     /// output pixel `p0 + i` reads: the zero-point buffer `zbuf` where the tap is padding, and
     /// the last real pixel's taps again past the end (their results are dropped).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn fill_rows(
         &self,
         p: &Conv2dParams,
