@@ -48,6 +48,31 @@ struct Geom {
     x0: usize,
 }
 
+/// What the dense kernels apply while storing a run: `acc + residual`, then a clamp
+/// (ReLU / ReLU6), in that order, as `finish_chunk` would.
+#[derive(Clone, Copy)]
+struct Fuse<'a> {
+    /// The chunk's residual, laid out like its output.
+    res: Option<&'a [f32]>,
+    clamp: Option<(f32, f32)>,
+}
+
+impl Fuse<'_> {
+    #[inline(always)]
+    fn apply(&self, o: usize, a: &mut [f32; B]) {
+        if let Some(r) = self.res {
+            for (v, r) in a.iter_mut().zip(&r[o..o + B]) {
+                *v += r;
+            }
+        }
+        if let Some((lo, hi)) = self.clamp {
+            for v in a.iter_mut() {
+                *v = v.max(lo).min(hi);
+            }
+        }
+    }
+}
+
 impl BlockedConv {
     /// Whether this geometry has a blocked kernel (one group, or depthwise with multiplier 1).
     pub fn supports(p: &Conv2dParams) -> bool {
@@ -199,6 +224,12 @@ impl BlockedConv {
         let row = ow_r * B;
         // Work items: (image, output block, row, chunk of CHUNK pixels).
         const CHUNK: usize = 8 * NPX;
+        // ReLU / ReLU6 (and the residual before them) are applied by the dense kernels' store
+        let clamp = match act {
+            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+            Some(Activation::Relu6) => Some((0.0, 6.0)),
+            _ => None,
+        };
         out.par_chunks_mut(row.max(1))
             .enumerate()
             .for_each(|(r, row_dst)| {
@@ -221,12 +252,13 @@ impl BlockedConv {
                         };
                         let off = r * row + c * CHUNK * B;
                         let res = residual.map(|rs| &rs[off..off + dst.len()]);
+                        let fuse = Fuse { res, clamp };
                         match &self.kind {
                             Kind::DenseNchwIn { w } => {
                                 let k = p.kernel[0] * p.kernel[1] * p.in_channels * B;
                                 let wo = &w[obi * k..(obi + 1) * k];
                                 let xn = &xp[nn * ib * hp * wp..(nn + 1) * ib * hp * wp];
-                                nchw_row(isa, p, &g, xn, wo, bias, oy, dst);
+                                nchw_row(isa, p, &g, xn, wo, bias, oy, dst, fuse);
                             }
                             Kind::Dense { w } => {
                                 // input blocks of this output block's group
@@ -238,7 +270,7 @@ impl BlockedConv {
                                 let xn =
                                     &xp[(nn * ib + ib0) * plane..(nn * ib + ib0 + ibg) * plane];
                                 let g = Geom { ib: ibg, ..g };
-                                dense_row(isa, p, &g, xn, wo, bias, oy, dst);
+                                dense_row(isa, p, &g, xn, wo, bias, oy, dst, fuse);
                             }
                             Kind::Depthwise { w: wts } => {
                                 let k = p.kernel[0] * p.kernel[1];
@@ -259,9 +291,12 @@ impl BlockedConv {
                                     hi,
                                 };
                                 super::dw::row(isa, &row, dst);
+                                finish_chunk(isa, dst, res, act);
+                                return;
                             }
                         }
-                        finish_chunk(isa, dst, res, act);
+                        // the residual and a clamp were fused; a smooth activation is left
+                        finish_chunk(isa, dst, None, act.filter(|_| clamp.is_none()));
                     });
             });
         Ok((out, oh, ow))
@@ -339,6 +374,7 @@ fn dense_row_body<const FMA: bool>(
     bias: &[f32; B],
     oy: usize,
     dst: &mut [f32],
+    fuse: Fuse<'_>,
 ) {
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
@@ -373,6 +409,7 @@ fn dense_row_body<const FMA: bool>(
         }
         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
             let o = (ox0 + pi) * B;
+            fuse.apply(o, a);
             dst[o..o + B].copy_from_slice(a);
         }
         ox0 += npx;
@@ -390,6 +427,7 @@ fn nchw_row_body<const FMA: bool>(
     bias: &[f32; B],
     oy: usize,
     dst: &mut [f32],
+    fuse: Fuse<'_>,
 ) {
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
@@ -421,6 +459,7 @@ fn nchw_row_body<const FMA: bool>(
         }
         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
             let o = (ox0 + pi) * B;
+            fuse.apply(o, a);
             dst[o..o + B].copy_from_slice(a);
         }
         ox0 += npx;
@@ -439,6 +478,7 @@ macro_rules! row_fn {
             bias: &[f32; B],
             oy: usize,
             dst: &mut [f32],
+            fuse: Fuse<'_>,
         ) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -452,20 +492,21 @@ macro_rules! row_fn {
                     bias: &[f32; B],
                     oy: usize,
                     dst: &mut [f32],
+                    fuse: Fuse<'_>,
                 ) {
-                    $body::<true>(p, g, x, w, bias, oy, dst)
+                    $body::<true>(p, g, x, w, bias, oy, dst, fuse)
                 }
                 match isa {
                     // SAFETY: `isa` never exceeds `isa::best()`, which detected AVX-512F; the
                     // SIMD row checks its bounds before any unchecked access.
-                    Isa::Avx512 => return x86::$name(p, g, x, w, bias, oy, dst),
+                    Isa::Avx512 => return x86::$name(p, g, x, w, bias, oy, dst, fuse),
                     // SAFETY: as above, AVX2 and FMA were detected.
-                    Isa::Avx2 => return unsafe { avx2(p, g, x, w, bias, oy, dst) },
+                    Isa::Avx2 => return unsafe { avx2(p, g, x, w, bias, oy, dst, fuse) },
                     Isa::Scalar => {}
                 }
             }
             let _ = isa;
-            $body::<false>(p, g, x, w, bias, oy, dst)
+            $body::<false>(p, g, x, w, bias, oy, dst, fuse)
         }
     };
 }
@@ -476,7 +517,7 @@ row_fn!(nchw_row, nchw_row_body);
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX-512 rows: `NPX` accumulator registers per run, weights as 16-wide vectors.
-    use super::{Geom, B};
+    use super::{Fuse, Geom, B};
 
     use crate::conv::Conv2dParams;
     use std::arch::x86_64::*;
@@ -532,6 +573,35 @@ mod x86 {
         }};
     }
 
+    /// Store a run's accumulators at pixels `ox0..`: `+ residual`, clamp, as [`Fuse`] says.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `dst` and the residual hold `(ox0 + N) * 16` values.
+    #[inline(always)]
+    unsafe fn store_run<const N: usize>(
+        acc: &[__m512; N],
+        dst: *mut f32,
+        ox0: usize,
+        fuse: Fuse<'_>,
+    ) {
+        let clamp = fuse
+            .clamp
+            .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi)));
+        for (pi, &a) in acc.iter().enumerate() {
+            let o = (ox0 + pi) * B;
+            let mut v = a;
+            if let Some(r) = fuse.res {
+                // SAFETY: the caller guarantees the residual's run.
+                v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(r.as_ptr().add(o)) });
+            }
+            if let Some((lo, hi)) = clamp {
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            }
+            // SAFETY: the caller guarantees the output's run.
+            unsafe { _mm512_storeu_ps(dst.add(o), v) };
+        }
+    }
+
     pub(super) fn dense_row(
         p: &Conv2dParams,
         g: &Geom,
@@ -540,6 +610,7 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
+        fuse: Fuse<'_>,
     ) {
         let kk = p.kernel[0] * p.kernel[1];
         check(
@@ -554,7 +625,11 @@ mod x86 {
         );
         // SAFETY: the caller chose this path because AVX-512F was detected; `check` bounds every
         // tap of this row in `x`, every weight in `w` and every output in `dst`.
-        unsafe { pixel_runs!(g.ow, dense_px, p, g, x, w, bias, oy, dst) }
+        if let Some(r) = fuse.res {
+            assert!(r.len() >= g.ow * B, "residual size");
+        }
+        // SAFETY: as above; the residual holds the row's outputs too.
+        unsafe { pixel_runs!(g.ow, dense_px, p, g, x, w, bias, oy, dst, fuse) }
     }
 
     /// `NPX` pixels of one output row of one output block.
@@ -571,6 +646,7 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
+        fuse: Fuse<'_>,
         ox0: usize,
     ) {
         let [kh, kw] = p.kernel;
@@ -599,10 +675,8 @@ mod x86 {
                 }
             }
         }
-        for (pi, a) in acc.iter().enumerate() {
-            // SAFETY: (ox0 + pi) < ow and dst holds ow * 16 values.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
-        }
+        // SAFETY: (ox0 + pi) < ow and dst (and the residual) hold ow * 16 values.
+        unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 
     pub(super) fn nchw_row(
@@ -613,6 +687,7 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
+        fuse: Fuse<'_>,
     ) {
         let kk = p.kernel[0] * p.kernel[1];
         let last_y = oy * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0];
@@ -626,7 +701,11 @@ mod x86 {
             "operand sizes"
         );
         // SAFETY: as for `dense_row`: AVX-512F was detected and the asserts bound every access.
-        unsafe { pixel_runs!(g.ow, nchw_px, p, g, x, w, bias, oy, dst) }
+        if let Some(r) = fuse.res {
+            assert!(r.len() >= g.ow * B, "residual size");
+        }
+        // SAFETY: as above; the residual holds the row's outputs too.
+        unsafe { pixel_runs!(g.ow, nchw_px, p, g, x, w, bias, oy, dst, fuse) }
     }
 
     /// # Safety
@@ -641,6 +720,7 @@ mod x86 {
         bias: &[f32; B],
         oy: usize,
         dst: &mut [f32],
+        fuse: Fuse<'_>,
         ox0: usize,
     ) {
         let [kh, kw] = p.kernel;
@@ -666,10 +746,8 @@ mod x86 {
                 }
             }
         }
-        for (pi, a) in acc.iter().enumerate() {
-            // SAFETY: (ox0 + pi) < ow and dst holds ow * 16 values.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox0 + pi) * B), *a) };
-        }
+        // SAFETY: (ox0 + pi) < ow and dst (and the residual) hold ow * 16 values.
+        unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 }
 #[cfg(test)]
