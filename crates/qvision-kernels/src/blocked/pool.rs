@@ -50,59 +50,100 @@ fn window_pool(
     }
     let (oh, ow) = p.output_size(h, w)?;
     let mut out = pool::take(planes * oh * ow * B);
+    let isa = crate::isa::current();
     out.par_chunks_mut((oh * ow * B).max(1))
         .enumerate()
         .for_each(|(pl, y)| {
-            let xp = &x[pl * h * w * B..(pl + 1) * h * w * B];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; B];
-                    let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
-                    let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
-                    let mut count = 0usize;
-                    for ky in 0..p.kernel[0] {
-                        let iy = hs + (ky * p.dilation[0]) as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..p.kernel[1] {
-                            let ix = ws + (kx * p.dilation[1]) as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            count += 1;
-                            let v: &[f32; B] = xp[(iy as usize * w + ix as usize) * B..][..B]
-                                .try_into()
-                                .expect("16");
-                            for l in 0..B {
-                                acc[l] = if max {
-                                    if v[l] > acc[l] || v[l].is_nan() {
-                                        v[l]
-                                    } else {
-                                        acc[l]
-                                    }
-                                } else {
-                                    acc[l] + v[l]
-                                };
-                            }
-                        }
-                    }
-                    if !max {
-                        let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
-                        let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
-                        let div = if count_include_pad {
-                            ((he - hs) * (we - ws)) as f32
-                        } else {
-                            count as f32
-                        };
-                        acc.iter_mut().for_each(|a| *a /= div);
-                    }
-                    y[(oy * ow + ox) * B..(oy * ow + ox + 1) * B].copy_from_slice(&acc);
-                }
+            let plane = Plane {
+                p,
+                x: &x[pl * h * w * B..(pl + 1) * h * w * B],
+                h,
+                w,
+                ow,
+                count_include_pad,
+            };
+            if max {
+                max_plane(isa, &plane, y);
+            } else {
+                avg_plane(isa, &plane, y);
             }
         });
     Ok((out, oh, ow))
 }
+
+/// One blocked plane of a window pool.
+struct Plane<'a> {
+    p: &'a Pool2dParams,
+    x: &'a [f32],
+    h: usize,
+    w: usize,
+    ow: usize,
+    count_include_pad: bool,
+}
+
+/// Pool one plane into `y` (`oh x ow x 16`): max (NaN propagates, as in PyTorch) or average.
+#[inline(always)]
+fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
+    let (p, xp, h, w) = (a.p, a.x, a.h, a.w);
+    for (o, out) in y.chunks_exact_mut(B).enumerate() {
+        let (oy, ox) = (o / a.ow, o % a.ow);
+        let mut acc = [if MAX { f32::NEG_INFINITY } else { 0.0 }; B];
+        let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+        let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+        let mut count = 0usize;
+        for ky in 0..p.kernel[0] {
+            let iy = hs + (ky * p.dilation[0]) as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for kx in 0..p.kernel[1] {
+                let ix = ws + (kx * p.dilation[1]) as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                count += 1;
+                let v: &[f32; B] = xp[(iy as usize * w + ix as usize) * B..][..B]
+                    .try_into()
+                    .expect("16");
+                for l in 0..B {
+                    acc[l] = if MAX {
+                        if v[l] > acc[l] || v[l].is_nan() {
+                            v[l]
+                        } else {
+                            acc[l]
+                        }
+                    } else {
+                        acc[l] + v[l]
+                    };
+                }
+            }
+        }
+        if !MAX {
+            let he = (hs + p.kernel[0] as isize).min((h + p.padding[0]) as isize);
+            let we = (ws + p.kernel[1] as isize).min((w + p.padding[1]) as isize);
+            let div = if a.count_include_pad {
+                ((he - hs) * (we - ws)) as f32
+            } else {
+                count as f32
+            };
+            acc.iter_mut().for_each(|a| *a /= div);
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+#[inline(always)]
+fn max_plane_body(a: &Plane<'_>, y: &mut [f32]) {
+    plane_body::<true>(a, y)
+}
+
+#[inline(always)]
+fn avg_plane_body(a: &Plane<'_>, y: &mut [f32]) {
+    plane_body::<false>(a, y)
+}
+
+crate::isa::multiversion!(fn max_plane(a: &Plane<'_>, y: &mut [f32]) => max_plane_body);
+crate::isa::multiversion!(fn avg_plane(a: &Plane<'_>, y: &mut [f32]) => avg_plane_body);
 
 /// `AdaptiveAvgPool2d((oh, ow))` over blocked planes.
 pub fn adaptive_avg_pool(
