@@ -95,24 +95,51 @@ pub fn quantize_to_nhwc(
     if out.is_empty() {
         return Ok(out);
     }
-    let inv = 1.0 / q.scale;
-    // tiles of 64 pixels: contiguous reads per channel, writes within an L1-sized tile
-    const TP: usize = 64;
-    let tiles = hw.div_ceil(TP);
+    let isa = isa::current();
+    // parallel runs of 1024 pixels of one image, each transposed in tiles of 64 pixels
+    const RUN: usize = 1024;
     out.par_chunks_mut(hw * c).enumerate().for_each(|(b, ob)| {
         let xb = &x[b * c * hw..(b + 1) * c * hw];
-        for t in 0..tiles {
-            let (p0, p1) = (t * TP, ((t + 1) * TP).min(hw));
-            for ch in 0..c {
-                let src = &xb[ch * hw + p0..ch * hw + p1];
-                for (k, &v) in src.iter().enumerate() {
-                    ob[(p0 + k) * c + ch] = to_byte(v * inv, q.zero_point);
-                }
-            }
-        }
+        ob.par_chunks_mut(RUN * c).enumerate().for_each(|(r, o)| {
+            let t = NhwcTile {
+                x: xb,
+                hw,
+                c,
+                p0: r * RUN,
+                q,
+            };
+            quantize_tile(isa, &t, o);
+        });
     });
     Ok(out)
 }
+
+/// Pixels `p0..` of one NCHW image (`c` planes of `hw`), for [`quantize_to_nhwc`].
+struct NhwcTile<'a> {
+    x: &'a [f32],
+    hw: usize,
+    c: usize,
+    p0: usize,
+    q: Q,
+}
+
+#[inline(always)]
+fn quantize_tile_body(t: &NhwcTile<'_>, out: &mut [u8]) {
+    let inv = 1.0 / t.q.scale;
+    let c = t.c;
+    let len = out.len() / c;
+    const TP: usize = 64;
+    for a in (0..len).step_by(TP) {
+        let b = (a + TP).min(len);
+        for ch in 0..c {
+            let src = &t.x[ch * t.hw + t.p0 + a..ch * t.hw + t.p0 + b];
+            for (k, &v) in src.iter().enumerate() {
+                out[(a + k) * c + ch] = to_byte(v * inv, t.q.zero_point);
+            }
+        }
+    }
+}
+crate::isa::multiversion!(fn quantize_tile(t: &NhwcTile<'_>, out: &mut [u8]) => quantize_tile_body);
 
 /// Blocked `[n, ceil(c/16), h, w, 16]` f32 to NHWC u8 (the padding channels are dropped).
 pub fn quantize_blocked_to_nhwc(

@@ -80,6 +80,20 @@ impl Calibrator {
         }
     }
 
+    /// Record values of a graph input: always the full min/max range (an image is bounded, and
+    /// clipping its brightest or darkest pixels costs more than a finer step gains).
+    pub fn observe_input(&mut self, name: &str, x: &[f32]) {
+        let (d, s, r) = (
+            self.qconfig.activation_dtype,
+            self.qconfig.activation_scheme,
+            self.qconfig.reduce_range,
+        );
+        self.observers
+            .entry(name.to_string())
+            .or_insert_with(|| Box::new(MinMaxObserver::new(d, s, r)))
+            .observe(x);
+    }
+
     /// Record values of the activation `name`.
     pub fn observe(&mut self, name: &str, x: &[f32]) {
         if !self.observers.contains_key(name) {
@@ -162,6 +176,12 @@ impl Prepared {
     /// graph's outputs.
     pub fn calibrate(&mut self, batch: Tensor) -> Result<Vec<Tensor>, QuantError> {
         let (session, cal) = (&self.session, &mut self.cal);
+        // the graph input too (PyTorch's QuantStub): a stem conv reading it converts to int8
+        if let (Some(&v), Ok(x)) = (session.graph().inputs.first(), batch.as_f32()) {
+            let name = &session.graph().values[v.0].name;
+            cal.observe_input(name, x);
+            cal.record_shape(name, batch.shape());
+        }
         let out = session
             .run_observed(vec![batch], &mut |node, outs| {
                 for (v, t) in node.outputs.iter().zip(outs) {

@@ -8,8 +8,12 @@
 //! only where the precision changes; whatever has no int8 kernel stays fp32 between them, and
 //! the report lists these fp32 islands.
 //!
-//! Graph inputs are not observed, so a stem conv reading the image stays fp32: quantizing the
-//! normalised image cost MobileNetV2 a top-1 on the foolbox images. Pass-through ops (max pool,
+//! The graph input is observed like any activation (PyTorch's `QuantStub`, with the full
+//! min/max range), so a stem conv reading the image converts to int8 behind one quantize of the
+//! image where that pays: from an im2col depth of [`INT8_STEM_MIN_DEPTH`] (ResNet's 7x7 stem;
+//! `--skip` keeps it fp32). Shallower stems (MobileNet's 3x3 over 3 channels) stay fp32: int8 is
+//! no faster there, and on the official MobileNetV2 its int8 stem flipped one borderline foolbox
+//! photo (same output SQNR). Pass-through ops (max pool,
 //! flatten, split, shuffle) convert only when their input is already u8, so a quantize lands
 //! after them where that is cheaper.
 
@@ -284,6 +288,9 @@ impl Ctx<'_> {
                 act,
                 residual,
             } => {
+                if self.g.inputs.contains(&x) && stem_stays_fp32(node) {
+                    return Ok(false);
+                }
                 let n_w = node.inputs.len() - usize::from(*residual);
                 let r = residual.then(|| node.inputs[n_w]);
                 let (Some(qx), Some(qy)) = (self.qparams(x), self.observed(y)) else {
@@ -607,6 +614,22 @@ pub fn keeps_input_qparams(g: &Graph, n: &Node) -> bool {
         | Op::Permute { .. }
         | Op::Dropout { .. } => true,
         Op::BatchNorm2d { .. } => only_reader_is_relu(g, n.outputs[0]),
+        _ => false,
+    }
+}
+
+/// Im2col depth (taps x input channels) from which a conv reading the graph input runs in
+/// int8: below it (MobileNet's 3x3 stem: 27) the int8 GEMM is no faster than the fp32 kernel
+/// here, so the stem stays fp32 and nothing is risked; ResNet's 7x7 stem (147) converts.
+pub const INT8_STEM_MIN_DEPTH: usize = 64;
+
+/// Whether `n`, a node that reads the graph input, stays fp32 (see [`INT8_STEM_MIN_DEPTH`]).
+pub fn stem_stays_fp32(n: &Node) -> bool {
+    match &n.op {
+        Op::Conv2d { params, .. } => {
+            params.kernel[0] * params.kernel[1] * params.in_channels / params.groups.max(1)
+                < INT8_STEM_MIN_DEPTH
+        }
         _ => false,
     }
 }

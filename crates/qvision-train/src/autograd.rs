@@ -213,7 +213,11 @@ impl TrainGraph {
             self.checked = Some(shapes);
         }
         let mut values: Vec<Option<Buf>> = vec![None; self.graph.values.len()];
-        for (id, b) in g_inputs.iter().zip(inputs) {
+        for (id, mut b) in g_inputs.iter().zip(inputs) {
+            // a quantized graph input (no gradient flows into the data, so no mask is kept)
+            if let Some(q) = self.qat.as_mut() {
+                q.fake_quant_activation(*id, &mut b, train);
+            }
             values[id.0] = Some(b);
         }
         let mut saved = Vec::with_capacity(self.graph.nodes.len());

@@ -6,8 +6,9 @@
 //! Where the fake quantization goes follows what [`qvision_quant::convert`] will quantize: the
 //! graph is fused exactly as `prepare` fuses it (Conv+BN+activation(+add), Linear+activation),
 //! and every value the fused graph computes gets an activation fake-quant at the point where the
-//! unfused graph finishes computing it. Conv and linear weights are fake-quantized unless the
-//! node reads the graph input (the stem conv stays fp32 in int8 models). Each Conv followed by
+//! unfused graph finishes computing it, and so does the graph input where an int8 conv reads it
+//! (a stem deep enough for `convert` to quantize: `qvision_quant::convert::stem_stays_fp32`).
+//! Conv and linear weights are fake-quantized as `convert` quantizes them. Each Conv followed by
 //! BatchNorm trains as PyTorch's `ConvBn2d`: the BatchNorm scale is folded into the weights
 //! before fake quantization, and divided out again before the BatchNorm.
 
@@ -166,6 +167,19 @@ pub fn prepare_qat(
             }
         }
     }
+    // The graph input, where an int8 conv or linear layer reads it (convert quantizes it there,
+    // as PyTorch's QuantStub does).
+    for &i in &g.inputs {
+        let int8_reader = fused.nodes.iter().any(|n| {
+            matches!(n.op, Op::Conv2d { .. } | Op::Linear { .. })
+                && n.inputs.first() == Some(&i)
+                && !qvision_quant::convert::stem_stays_fp32(n)
+                && mapping.qconfig_for(&n.name, n.op.kind()).is_some()
+        });
+        if int8_reader {
+            act.insert(i, (g.values[i.0].name.clone(), ActFakeQuant::default()));
+        }
+    }
     let uses = g.use_counts();
     let mut conv_bn = HashMap::new();
     let mut weight_fq = HashSet::new();
@@ -173,8 +187,9 @@ pub fn prepare_qat(
         match n.op {
             Op::Conv2d { .. } | Op::Linear { .. } => {
                 let x = n.inputs[0];
-                let reads_input = g.inputs.contains(&alias.get(&x).copied().unwrap_or(x));
-                if !reads_input && mapping.qconfig_for(&n.name, n.op.kind()).is_some() {
+                let stem_fp32 = g.inputs.contains(&alias.get(&x).copied().unwrap_or(x))
+                    && qvision_quant::convert::stem_stays_fp32(n);
+                if !stem_fp32 && mapping.qconfig_for(&n.name, n.op.kind()).is_some() {
                     weight_fq.insert(i);
                 }
                 if matches!(n.op, Op::Conv2d { .. }) && uses[n.outputs[0].0] == 1 {

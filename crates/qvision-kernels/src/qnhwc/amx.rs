@@ -214,6 +214,7 @@ impl PreparedQConv {
     pub(super) fn gemm_amx<U: TileUnit>(
         &self,
         unit: impl Fn() -> U + Sync,
+        p: &crate::conv::Conv2dParams,
         x: &[u8],
         g: &Geom,
         per: usize,
@@ -221,7 +222,6 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let p = &self.params;
         let (cin_sg, cout_sg) = (
             per * p.in_channels / p.groups,
             per * p.out_channels / p.groups,

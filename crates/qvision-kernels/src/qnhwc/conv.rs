@@ -26,6 +26,10 @@ pub struct QConvOutput {
 enum Mode {
     /// One packed GEMM per super-group of `per` groups.
     Gemm { per: usize, packed: Vec<PackedQB> },
+    /// A dense conv over few input channels (a stem reading the image): the taps are gathered
+    /// into rows of `kp` bytes (`taps x cin`, padded to whole quads with the zero point) and
+    /// multiplied as a 1x1 conv, instead of one short row per tap.
+    Im2col { kp: usize, packed: Vec<PackedQB> },
     /// Direct depthwise: weights widened to i32, `[tap][channel]`, and `bias - za * sum(w)`
     /// for the SIMD path (whose padding taps read the zero point); for 3x3 / 5x5 kernels on
     /// x86_64, the tap-paired form of the AVX-512 interior kernel.
@@ -112,6 +116,30 @@ impl PreparedQConv {
                 out,
             });
         }
+        let za = out.za as i32;
+        if p.groups == 1 && p.in_channels < 4 && taps > 1 {
+            let cin = p.in_channels;
+            let kp = (taps * cin).next_multiple_of(4);
+            let pb = PackedQB::new(p.out_channels, 1, kp, |col, _, k| {
+                if k < taps * cin {
+                    weight[(col * cin + k % cin) * taps + k / cin]
+                } else {
+                    0
+                }
+            });
+            let shift = (0..p.out_channels)
+                .map(|c| bias(c) - za * pb.col_sums[c])
+                .collect();
+            return Ok(PreparedQConv {
+                params,
+                mode: Mode::Im2col {
+                    kp,
+                    packed: vec![pb],
+                },
+                shift,
+                out,
+            });
+        }
         let per = (1..=p.groups)
             .find(|&d| p.groups.is_multiple_of(d) && d * cout_g >= 16)
             .unwrap_or(p.groups);
@@ -126,7 +154,6 @@ impl PreparedQConv {
                 })
             })
             .collect();
-        let za = out.za as i32;
         let shift = packed
             .iter()
             .flat_map(|pb| pb.col_sums.iter())
@@ -249,9 +276,36 @@ impl PreparedQConv {
             }
             Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
             Mode::Gemm { per, packed } => match amx {
-                Some(unit) => self.gemm_amx(unit, x, &g, *per, packed, residual, &mut y),
-                None => self.gemm(isa, x, &g, *per, packed, residual, &mut y),
+                Some(unit) => self.gemm_amx(unit, p, x, &g, *per, packed, residual, &mut y),
+                None => self.gemm(isa, p, x, &g, *per, packed, residual, &mut y),
             },
+            Mode::Im2col { kp, packed } => {
+                let cols = self.im2col(x, &g, *kp);
+                let m = n * oh * ow;
+                let p1 = Conv2dParams {
+                    in_channels: *kp,
+                    kernel: [1, 1],
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    dilation: [1, 1],
+                    groups: 1,
+                    ..*p
+                };
+                let g1 = Geom {
+                    n: 1,
+                    h: m,
+                    w: 1,
+                    oh: m,
+                    ow: 1,
+                    cin: *kp,
+                    cout: p.out_channels,
+                };
+                match amx {
+                    Some(unit) => self.gemm_amx(unit, &p1, &cols, &g1, 1, packed, residual, &mut y),
+                    None => self.gemm(isa, &p1, &cols, &g1, 1, packed, residual, &mut y),
+                }
+                qvision_tensor::pool::recycle_u8(cols);
+            }
         }
         Ok((y, oh, ow))
     }
@@ -327,10 +381,56 @@ impl PreparedQConv {
         }
     }
 
+    /// Gather each output pixel's taps into one row of `kp` bytes (`[ky][kx][cin]`, then the
+    /// zero point up to `kp`), the zero point where a tap is padding.
+    fn im2col(&self, x: &[u8], g: &Geom, kp: usize) -> Vec<u8> {
+        let p = &self.params;
+        let (cin, [kh, kw]) = (g.cin, p.kernel);
+        let za = self.out.za;
+        // every byte is written below
+        let mut cols = qvision_tensor::pool::take_u8(g.n * g.oh * g.ow * kp);
+        cols.par_chunks_mut(g.ow * kp)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let (bi, oy) = (r / g.oh, r % g.oh);
+                for (ox, row) in dst.chunks_exact_mut(kp).enumerate() {
+                    for ky in 0..kh {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        let seg = &mut row[ky * kw * cin..(ky + 1) * kw * cin];
+                        if iy < 0 || iy as usize >= g.h {
+                            fill_small(seg, za);
+                            continue;
+                        }
+                        let line = &x[(bi * g.h + iy as usize) * g.w * cin..][..g.w * cin];
+                        let ix0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+                        let span = (kw - 1) * p.dilation[1] + 1;
+                        if p.dilation[1] == 1 && ix0 >= 0 && ix0 as usize + span <= g.w {
+                            // a whole run of kw pixels inside the row: one copy
+                            let at = ix0 as usize * cin;
+                            copy_small(seg, &line[at..at + kw * cin]);
+                            continue;
+                        }
+                        for (kx, t) in seg.chunks_exact_mut(cin).enumerate() {
+                            let ix = ix0 + (kx * p.dilation[1]) as isize;
+                            if ix < 0 || ix as usize >= g.w {
+                                fill_small(t, za);
+                            } else {
+                                copy_small(t, &line[ix as usize * cin..][..cin]);
+                            }
+                        }
+                    }
+                    fill_small(&mut row[kh * kw * cin..], za);
+                }
+            });
+        cols
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         isa: Int8Isa,
+        p: &Conv2dParams,
         x: &[u8],
         g: &Geom,
         per: usize,
@@ -338,7 +438,6 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let p = &self.params;
         let (cin_sg, cout_sg) = (
             per * p.in_channels / p.groups,
             per * p.out_channels / p.groups,
@@ -563,6 +662,31 @@ impl PreparedQConv {
             dw_row(fisa, &a, out);
         });
     }
+}
+
+/// `dst.copy_from_slice(src)` for the few bytes of an im2col segment, in 8-byte moves rather
+/// than a `memcpy` call per segment.
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let src = &src[..dst.len()];
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `dst.fill(v)` for a few bytes (see [`copy_small`]).
+#[inline(always)]
+fn fill_small(dst: &mut [u8], v: u8) {
+    let mut d = dst.chunks_exact_mut(8);
+    for d in &mut d {
+        d.copy_from_slice(&[v; 8]);
+    }
+    d.into_remainder().fill(v);
 }
 
 /// Spatial geometry of one run.

@@ -263,6 +263,49 @@ proptest! {
     }
 }
 
+/// Stems (3 input channels: ResNet's 7x7/2, MobileNet's 3x3/2, a dilated one) take the im2col
+/// path on every ISA and on the AMX emulator.
+#[test]
+fn stems_match_the_reference() {
+    for (k, s, pad, d, cout, h, w) in [
+        (7, 2, 3, 1, 64, 29, 23),
+        (3, 2, 1, 1, 32, 17, 20),
+        (3, 1, 2, 2, 20, 9, 11),
+    ] {
+        let p = Conv2dParams {
+            in_channels: 3,
+            out_channels: cout,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [pad, pad],
+            dilation: [d, d],
+            groups: 1,
+        };
+        let x = bytes(2 * h * w * 3, k as u64);
+        let wt: Vec<i8> = bytes(p.weight_len(), 7).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..cout as i32).map(|i| i * 311 - 4000).collect();
+        let out = QConvOutput {
+            za: 113,
+            multiplier: (0..cout).map(|i| 1e-3 * (1.0 + i as f32 / 13.0)).collect(),
+            zo: 9,
+            out_scale: 0.05,
+            act: Some(crate::Activation::Relu),
+        };
+        let want = reference(&p, &x, 2, h, w, &wt, &bias, &out, None);
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        for isa in isa::available_int8() {
+            assert!(
+                conv.run_isa(isa, &x, 2, h, w, None).unwrap().0 == want,
+                "{isa:?} {p:?}"
+            );
+        }
+        let emulated = conv
+            .run_amx_with(amx::Emulator::new, &x, 2, h, w, None)
+            .unwrap();
+        assert!(emulated.0 == want, "AMX emulator {p:?}");
+    }
+}
+
 /// The emulator's `tdpbusd` is a u8 x s8 matrix product over K = 64, accumulated.
 #[test]
 fn emulated_tdpbusd_is_a_matrix_product() {
