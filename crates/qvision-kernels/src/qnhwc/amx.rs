@@ -16,7 +16,7 @@
 //! the hardware path is checked against the scalar reference once, when it is first detected,
 //! and also joins the every-ISA tests.
 
-use super::conv::{plan_items, requant_row, Geom, PreparedQConv};
+use super::conv::{plan_items, requant_row, Geom, PreparedQConv, Src};
 use super::{OutPtr, PackedQB, RowPtr, NBLK};
 use rayon::prelude::*;
 
@@ -215,7 +215,7 @@ impl PreparedQConv {
         &self,
         unit: impl Fn() -> U + Sync,
         p: &crate::conv::Conv2dParams,
-        x: &[u8],
+        src: &Src<'_>,
         g: &Geom,
         per: usize,
         packed: &[PackedQB],
@@ -241,6 +241,7 @@ impl PreparedQConv {
             let nbk = pb.blocks.len();
             let my_blocks = &pb.blocks[k * nbk / bsplit..(k + 1) * nbk / bsplit];
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * AMX_MR];
+            let mut scratch = vec![];
             let mut panel = vec![0u8; nk * AMX_MR * KC];
             let mut btail = vec![0u8; 2 * TROWS * KC];
             let mut acc = vec![0i32; AMX_MR * NBLK];
@@ -251,7 +252,17 @@ impl PreparedQConv {
             for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
                 let p0 = tile * AMX_MR;
                 let valid = AMX_MR.min(m - p0);
-                g.fill_rows(p, x, &zbuf, s * cin_sg, cin_sg, p0, AMX_MR, &mut rows);
+                src.rows(
+                    g,
+                    p,
+                    &zbuf,
+                    s * cin_sg,
+                    cin_sg,
+                    p0,
+                    AMX_MR,
+                    &mut rows,
+                    &mut scratch,
+                );
                 for t in 0..taps {
                     for ch in 0..chunks {
                         let k0 = ch * KC;

@@ -26,9 +26,9 @@ pub struct QConvOutput {
 enum Mode {
     /// One packed GEMM per super-group of `per` groups.
     Gemm { per: usize, packed: Vec<PackedQB> },
-    /// A dense conv over few input channels (a stem reading the image): the taps are gathered
-    /// into rows of `kp` bytes (`taps x cin`, padded to whole quads with the zero point) and
-    /// multiplied as a 1x1 conv, instead of one short row per tap.
+    /// A dense conv over few input channels (a stem reading the image): each tile's taps are
+    /// gathered into rows of `kp` bytes (`taps x cin`, padded to whole quads with the zero
+    /// point) and multiplied as a 1x1 conv, instead of one short row per tap.
     Im2col { kp: usize, packed: Vec<PackedQB> },
     /// Direct depthwise: weights widened to i32, `[tap][channel]`, and `bias - za * sum(w)`
     /// for the SIMD path (whose padding taps read the zero point); for 3x3 / 5x5 kernels on
@@ -276,11 +276,12 @@ impl PreparedQConv {
             }
             Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
             Mode::Gemm { per, packed } => match amx {
-                Some(unit) => self.gemm_amx(unit, p, x, &g, *per, packed, residual, &mut y),
-                None => self.gemm(isa, p, x, &g, *per, packed, residual, &mut y),
+                Some(unit) => {
+                    self.gemm_amx(unit, p, &Src::Direct(x), &g, *per, packed, residual, &mut y)
+                }
+                None => self.gemm(isa, p, &Src::Direct(x), &g, *per, packed, residual, &mut y),
             },
             Mode::Im2col { kp, packed } => {
-                let cols = self.im2col(x, &g, *kp);
                 let m = n * oh * ow;
                 let p1 = Conv2dParams {
                     in_channels: *kp,
@@ -300,11 +301,17 @@ impl PreparedQConv {
                     cin: *kp,
                     cout: p.out_channels,
                 };
+                let src = Src::Im2col(Im2col {
+                    x,
+                    p,
+                    g: &g,
+                    kp: *kp,
+                    za: self.out.za,
+                });
                 match amx {
-                    Some(unit) => self.gemm_amx(unit, &p1, &cols, &g1, 1, packed, residual, &mut y),
-                    None => self.gemm(isa, &p1, &cols, &g1, 1, packed, residual, &mut y),
+                    Some(unit) => self.gemm_amx(unit, &p1, &src, &g1, 1, packed, residual, &mut y),
+                    None => self.gemm(isa, &p1, &src, &g1, 1, packed, residual, &mut y),
                 }
-                qvision_tensor::pool::recycle_u8(cols);
             }
         }
         Ok((y, oh, ow))
@@ -381,57 +388,12 @@ impl PreparedQConv {
         }
     }
 
-    /// Gather each output pixel's taps into one row of `kp` bytes (`[ky][kx][cin]`, then the
-    /// zero point up to `kp`), the zero point where a tap is padding.
-    fn im2col(&self, x: &[u8], g: &Geom, kp: usize) -> Vec<u8> {
-        let p = &self.params;
-        let (cin, [kh, kw]) = (g.cin, p.kernel);
-        let za = self.out.za;
-        // every byte is written below
-        let mut cols = qvision_tensor::pool::take_u8(g.n * g.oh * g.ow * kp);
-        cols.par_chunks_mut(g.ow * kp)
-            .enumerate()
-            .for_each(|(r, dst)| {
-                let (bi, oy) = (r / g.oh, r % g.oh);
-                for (ox, row) in dst.chunks_exact_mut(kp).enumerate() {
-                    for ky in 0..kh {
-                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                            - p.padding[0] as isize;
-                        let seg = &mut row[ky * kw * cin..(ky + 1) * kw * cin];
-                        if iy < 0 || iy as usize >= g.h {
-                            fill_small(seg, za);
-                            continue;
-                        }
-                        let line = &x[(bi * g.h + iy as usize) * g.w * cin..][..g.w * cin];
-                        let ix0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
-                        let span = (kw - 1) * p.dilation[1] + 1;
-                        if p.dilation[1] == 1 && ix0 >= 0 && ix0 as usize + span <= g.w {
-                            // a whole run of kw pixels inside the row: one copy
-                            let at = ix0 as usize * cin;
-                            copy_small(seg, &line[at..at + kw * cin]);
-                            continue;
-                        }
-                        for (kx, t) in seg.chunks_exact_mut(cin).enumerate() {
-                            let ix = ix0 + (kx * p.dilation[1]) as isize;
-                            if ix < 0 || ix as usize >= g.w {
-                                fill_small(t, za);
-                            } else {
-                                copy_small(t, &line[ix as usize * cin..][..cin]);
-                            }
-                        }
-                    }
-                    fill_small(&mut row[kh * kw * cin..], za);
-                }
-            });
-        cols
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         isa: Int8Isa,
         p: &Conv2dParams,
-        x: &[u8],
+        src: &Src<'_>,
         g: &Geom,
         per: usize,
         packed: &[PackedQB],
@@ -455,11 +417,22 @@ impl PreparedQConv {
             let nbk = pb.blocks.len();
             let my_blocks = &pb.blocks[k * nbk / bsplit..(k + 1) * nbk / bsplit];
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
+            let mut scratch = vec![];
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
             for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
                 let p0 = tile * MR;
-                g.fill_rows(p, x, &zbuf, s * cin_sg, cin_sg, p0, MR, &mut rows);
+                src.rows(
+                    g,
+                    p,
+                    &zbuf,
+                    s * cin_sg,
+                    cin_sg,
+                    p0,
+                    MR,
+                    &mut rows,
+                    &mut scratch,
+                );
                 for &(col0, nb, off) in my_blocks {
                     let width = (pb.n - col0).min(NBLK);
                     let c0 = s * cout_sg + col0;
@@ -679,6 +652,22 @@ fn copy_small(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// The `kh` kernel rows of an interior pixel: `W` bytes from `x` every `ystride` bytes into
+/// `row` every `seg` bytes (each copy spills up to `W - seg` bytes into the next, which
+/// overwrites them; the last into the row's slack).
+#[inline(always)]
+fn interior<const W: usize>((x, ystride, kh, seg): (&[u8], usize, usize, usize), row: &mut [u8]) {
+    for ky in 0..kh {
+        copy_n::<W>(&mut row[ky * seg..], &x[ky * ystride..]);
+    }
+}
+
+/// Copy exactly `N` bytes (a compile-time size).
+#[inline(always)]
+fn copy_n<const N: usize>(dst: &mut [u8], src: &[u8]) {
+    dst[..N].copy_from_slice(&src[..N]);
+}
+
 /// `dst.fill(v)` for a few bytes (see [`copy_small`]).
 #[inline(always)]
 fn fill_small(dst: &mut [u8], v: u8) {
@@ -698,6 +687,174 @@ pub(super) struct Geom {
     pub(super) ow: usize,
     pub(super) cin: usize,
     pub(super) cout: usize,
+}
+
+/// Where a GEMM conv's rows come from.
+pub(super) enum Src<'a> {
+    /// The NHWC input, read in place through one row pointer per tap.
+    Direct(&'a [u8]),
+    /// Taps gathered per tile into short rows (a conv over few input channels: see
+    /// [`Mode::Im2col`]); the whole im2col matrix is never built.
+    Im2col(Im2col<'a>),
+}
+
+/// The gather of [`Src::Im2col`]: the conv's own params and geometry, row length `kp`.
+pub(super) struct Im2col<'a> {
+    x: &'a [u8],
+    p: &'a Conv2dParams,
+    g: &'a Geom,
+    kp: usize,
+    za: u8,
+}
+
+impl Src<'_> {
+    /// Point `rows` at tile `p0`'s `mr` rows (see [`Geom::fill_rows`]); an im2col source
+    /// gathers them into `scratch` first. `g` is the GEMM's geometry.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn rows(
+        &self,
+        g: &Geom,
+        p: &Conv2dParams,
+        zbuf: &[u8],
+        col: usize,
+        len: usize,
+        p0: usize,
+        mr: usize,
+        rows: &mut [RowPtr],
+        scratch: &mut Vec<u8>,
+    ) {
+        match self {
+            Src::Direct(x) => g.fill_rows(p, x, zbuf, col, len, p0, mr, rows),
+            Src::Im2col(ic) => {
+                let stride = ic.stride();
+                scratch.resize(mr * stride, 0);
+                let g0 = ic.g;
+                let m = g0.n * g0.oh * g0.ow;
+                // coordinates of the tile's first pixel, then stepped
+                let first = p0.min(m - 1);
+                let (mut bi, rem) = (first / (g0.oh * g0.ow), first % (g0.oh * g0.ow));
+                let (mut oy, mut ox) = (rem / g0.ow, rem % g0.ow);
+                for (i, row) in scratch.chunks_exact_mut(stride).enumerate() {
+                    if p0 + i >= m {
+                        // past the end: the last pixel again (its results are dropped)
+                        let (b, r) = ((m - 1) / (g0.oh * g0.ow), (m - 1) % (g0.oh * g0.ow));
+                        ic.pixel(b, r / g0.ow, r % g0.ow, row);
+                        continue;
+                    }
+                    ic.gather(bi, oy, ox, row);
+                    ox += 1;
+                    if ox == g0.ow {
+                        ox = 0;
+                        oy += 1;
+                        if oy == g0.oh {
+                            oy = 0;
+                            bi += 1;
+                        }
+                    }
+                }
+                for (i, r) in rows.iter_mut().enumerate().take(mr) {
+                    *r = RowPtr(scratch[i * stride..].as_ptr());
+                }
+            }
+        }
+    }
+}
+
+impl Im2col<'_> {
+    /// Gather the taps of output pixel `(bi, oy, ox)` into `row`: `[ky][kx][cin]`, then the
+    /// zero point up to `kp`; the zero point where a tap is padding. An interior pixel's `kw`
+    /// taps of one kernel row are one contiguous run of the input row, copied in a fixed
+    /// number of 8-byte moves that may spill into the next kernel row's bytes (written right
+    /// after) or past `kp` into the row's slack (`row` holds [`Im2col::stride`] bytes).
+    #[inline]
+    fn pixel(&self, bi: usize, oy: usize, ox: usize, row: &mut [u8]) {
+        let (p, g) = (self.p, self.g);
+        let (cin, [kh, kw]) = (g.cin, p.kernel);
+        let seg = kw * cin;
+        let wide = seg.next_multiple_of(8);
+        let (d, ix0) = (
+            p.dilation[1],
+            (ox * p.stride[1]) as isize - p.padding[1] as isize,
+        );
+        let inside = d == 1 && ix0 >= 0 && ix0 as usize + kw <= g.w;
+        for ky in 0..kh {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            let d0 = ky * seg;
+            if iy < 0 || iy as usize >= g.h {
+                fill_small(&mut row[d0..d0 + seg], self.za);
+                continue;
+            }
+            let line = (bi * g.h + iy as usize) * g.w * cin;
+            if inside {
+                let at = line + ix0 as usize * cin;
+                if at + wide <= self.x.len() {
+                    let (o, i) = (&mut row[d0..], &self.x[at..]);
+                    // fixed sizes become a few moves (a loop would become a memcpy call)
+                    match wide {
+                        8 => copy_n::<8>(o, i),
+                        16 => copy_n::<16>(o, i),
+                        24 => copy_n::<24>(o, i),
+                        32 => copy_n::<32>(o, i),
+                        40 => copy_n::<40>(o, i),
+                        _ => o[..wide].copy_from_slice(&i[..wide]),
+                    }
+                } else {
+                    copy_small(&mut row[d0..d0 + seg], &self.x[at..at + seg]);
+                }
+                continue;
+            }
+            for (kx, t) in row[d0..d0 + seg].chunks_exact_mut(cin).enumerate() {
+                let ix = ix0 + (kx * d) as isize;
+                if ix < 0 || ix as usize >= g.w {
+                    fill_small(t, self.za);
+                } else {
+                    copy_small(t, &self.x[line + ix as usize * cin..][..cin]);
+                }
+            }
+        }
+        fill_small(&mut row[kh * seg..self.kp], self.za);
+    }
+
+    /// [`Im2col::pixel`], with a fast path for a pixel whose taps all lie inside the image:
+    /// one fixed-size copy per kernel row.
+    #[inline]
+    fn gather(&self, bi: usize, oy: usize, ox: usize, row: &mut [u8]) {
+        let (p, g) = (self.p, self.g);
+        let (cin, [kh, kw]) = (g.cin, p.kernel);
+        let iy0 = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+        let ix0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+        let seg = kw * cin;
+        let ystride = p.dilation[0] * g.w * cin;
+        if p.dilation[1] == 1
+            && iy0 >= 0
+            && ix0 >= 0
+            && iy0 as usize + (kh - 1) * p.dilation[0] < g.h
+            && ix0 as usize + kw <= g.w
+        {
+            let at = ((bi * g.h + iy0 as usize) * g.w + ix0 as usize) * cin;
+            let wide = seg.next_multiple_of(8);
+            if at + (kh - 1) * ystride + wide <= self.x.len() {
+                let run = (&self.x[at..], ystride, kh, seg);
+                match wide {
+                    8 => interior::<8>(run, row),
+                    16 => interior::<16>(run, row),
+                    24 => interior::<24>(run, row),
+                    32 => interior::<32>(run, row),
+                    40 => interior::<40>(run, row),
+                    _ => return self.pixel(bi, oy, ox, row),
+                }
+                fill_small(&mut row[kh * seg..self.kp], self.za);
+                return;
+            }
+        }
+        self.pixel(bi, oy, ox, row)
+    }
+
+    /// Bytes between gathered rows: `kp` plus slack for the last kernel row's spill.
+    fn stride(&self) -> usize {
+        self.kp + 8
+    }
 }
 
 impl Geom {
