@@ -16,7 +16,7 @@
 //! the hardware path is checked against the scalar reference once, when it is first detected,
 //! and also joins the every-ISA tests.
 
-use super::conv::{plan_items, requant_row, Geom, PreparedQConv, Src};
+use super::conv::{requant_row, Geom, Plan, PreparedQConv, Src};
 use super::{OutPtr, PackedQB, RowPtr, NBLK};
 use rayon::prelude::*;
 
@@ -222,24 +222,17 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let (cin_sg, cout_sg) = (
-            per * p.in_channels / p.groups,
-            per * p.out_channels / p.groups,
-        );
-        let taps = p.kernel[0] * p.kernel[1];
-        let m = g.n * g.oh * g.ow;
-        let tiles = m.div_ceil(AMX_MR);
-        let zbuf = vec![self.out.za; cin_sg.max(4)];
-        let (per_chunk, bsplit, items) = plan_items(packed, tiles);
+        let plan = Plan::new(p, g, per, packed, AMX_MR, self.out.za);
+        let (cin_sg, cout_sg, taps, m, zbuf) =
+            (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let chunks = cin_sg.div_ceil(KC);
         let quads = cin_sg.div_ceil(4);
         let nk = taps * chunks;
         let out = OutPtr(y.as_mut_ptr());
         let fisa = crate::isa::current();
-        items.par_iter().for_each(|&(s, c, k)| {
+        plan.items.par_iter().for_each(|&(s, c, k)| {
             let pb = &packed[s];
-            let nbk = pb.blocks.len();
-            let my_blocks = &pb.blocks[k * nbk / bsplit..(k + 1) * nbk / bsplit];
+            let my_blocks = plan.blocks(pb, k);
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * AMX_MR];
             let mut scratch = vec![];
             let mut panel = vec![0u8; nk * AMX_MR * KC];
@@ -249,13 +242,13 @@ impl PreparedQConv {
             let mut u = unit();
             // SAFETY: first tile instruction of this work item on this thread.
             unsafe { u.configure() };
-            for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
+            for tile in plan.run(c) {
                 let p0 = tile * AMX_MR;
                 let valid = AMX_MR.min(m - p0);
                 src.rows(
                     g,
                     p,
-                    &zbuf,
+                    zbuf,
                     s * cin_sg,
                     cin_sg,
                     p0,

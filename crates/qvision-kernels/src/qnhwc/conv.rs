@@ -400,32 +400,25 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let (cin_sg, cout_sg) = (
-            per * p.in_channels / p.groups,
-            per * p.out_channels / p.groups,
-        );
-        let taps = p.kernel[0] * p.kernel[1];
-        let m = g.n * g.oh * g.ow;
-        let tiles = m.div_ceil(MR);
-        let zbuf = vec![self.out.za; cin_sg.max(4)];
-        let (per_chunk, bsplit, items) = plan_items(packed, tiles);
+        let plan = Plan::new(p, g, per, packed, MR, self.out.za);
+        let (cin_sg, cout_sg, taps, m, zbuf) =
+            (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
-        items.par_iter().for_each(|&(s, c, k)| {
+        plan.items.par_iter().for_each(|&(s, c, k)| {
             let pb = &packed[s];
-            let nbk = pb.blocks.len();
-            let my_blocks = &pb.blocks[k * nbk / bsplit..(k + 1) * nbk / bsplit];
+            let my_blocks = plan.blocks(pb, k);
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
             let mut scratch = vec![];
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
-            for tile in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
+            for tile in plan.run(c) {
                 let p0 = tile * MR;
                 src.rows(
                     g,
                     p,
-                    &zbuf,
+                    zbuf,
                     s * cin_sg,
                     cin_sg,
                     p0,
@@ -731,27 +724,16 @@ impl Src<'_> {
                 scratch.resize(mr * stride, 0);
                 let g0 = ic.g;
                 let m = g0.n * g0.oh * g0.ow;
-                // coordinates of the tile's first pixel, then stepped
-                let first = p0.min(m - 1);
-                let (mut bi, rem) = (first / (g0.oh * g0.ow), first % (g0.oh * g0.ow));
-                let (mut oy, mut ox) = (rem / g0.ow, rem % g0.ow);
+                let mut px = Pixel::at(g0, p0.min(m - 1));
                 for (i, row) in scratch.chunks_exact_mut(stride).enumerate() {
                     if p0 + i >= m {
                         // past the end: the last pixel again (its results are dropped)
-                        let (b, r) = ((m - 1) / (g0.oh * g0.ow), (m - 1) % (g0.oh * g0.ow));
-                        ic.pixel(b, r / g0.ow, r % g0.ow, row);
+                        let last = Pixel::at(g0, m - 1);
+                        ic.gather(last.bi, last.oy, last.ox, row);
                         continue;
                     }
-                    ic.gather(bi, oy, ox, row);
-                    ox += 1;
-                    if ox == g0.ow {
-                        ox = 0;
-                        oy += 1;
-                        if oy == g0.oh {
-                            oy = 0;
-                            bi += 1;
-                        }
-                    }
+                    ic.gather(px.bi, px.oy, px.ox, row);
+                    px.step(g0);
                 }
                 for (i, r) in rows.iter_mut().enumerate().take(mr) {
                     *r = RowPtr(scratch[i * stride..].as_ptr());
@@ -857,6 +839,39 @@ impl Im2col<'_> {
     }
 }
 
+/// An output pixel's coordinates `(image, y, x)`, stepped along the flat pixel order without
+/// divisions.
+#[derive(Clone, Copy)]
+pub(super) struct Pixel {
+    pub bi: usize,
+    pub oy: usize,
+    pub ox: usize,
+}
+
+impl Pixel {
+    pub(super) fn at(g: &Geom, p: usize) -> Self {
+        let (bi, rem) = (p / (g.oh * g.ow), p % (g.oh * g.ow));
+        Pixel {
+            bi,
+            oy: rem / g.ow,
+            ox: rem % g.ow,
+        }
+    }
+
+    #[inline]
+    pub(super) fn step(&mut self, g: &Geom) {
+        self.ox += 1;
+        if self.ox == g.ow {
+            self.ox = 0;
+            self.oy += 1;
+            if self.oy == g.oh {
+                self.oy = 0;
+                self.bi += 1;
+            }
+        }
+    }
+}
+
 impl Geom {
     /// Point `rows[t * mr + i]` at the `len` input bytes (from channel `col`) that tap `t` of
     /// output pixel `p0 + i` reads: the zero-point buffer `zbuf` where the tap is padding, and
@@ -886,9 +901,7 @@ impl Geom {
             return;
         }
         // coordinates of the tile's first pixel, then stepped (no divisions per row)
-        let first = p0.min(m - 1);
-        let (mut bi, rem) = (first / (g.oh * g.ow), first % (g.oh * g.ow));
-        let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+        let mut px = Pixel::at(g, p0.min(m - 1));
         for i in 0..mr {
             if p0 + i >= m {
                 for t in 0..taps {
@@ -897,62 +910,100 @@ impl Geom {
                 continue;
             }
             for ky in 0..p.kernel[0] {
-                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                let iy =
+                    (px.oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
                 for kx in 0..p.kernel[1] {
                     let ix =
-                        (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                        (px.ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
                     let t = ky * p.kernel[1] + kx;
                     rows[t * mr + i] =
                         if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                            let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * g.cin + col;
+                            let at =
+                                ((px.bi * g.h + iy as usize) * g.w + ix as usize) * g.cin + col;
                             RowPtr(x[at..at + len].as_ptr())
                         } else {
                             RowPtr(zbuf.as_ptr())
                         };
                 }
             }
-            ox += 1;
-            if ox == g.ow {
-                ox = 0;
-                oy += 1;
-                if oy == g.oh {
-                    oy = 0;
-                    bi += 1;
-                }
-            }
+            px.step(g);
         }
     }
 }
 
-/// Split a GEMM conv into parallel work items `(super-group, run of tiles, block range)`:
-/// about eight per thread; with few tiles (late, small layers) each super-group's output blocks
-/// are split too, so every thread has work and streams only its share of the weights. Returns
-/// the tiles per run, the block split and the items.
-pub(super) fn plan_items(
-    packed: &[PackedQB],
+/// What both GEMM drivers (VNNI, AMX) set up before their parallel loop: the super-group's
+/// K and N, the taps, the output pixels and tiles of `mr` rows, the zero-point row for padding
+/// taps, and the parallel work items `(super-group, run of tiles, block range)`: about eight
+/// per thread; with few tiles (late, small layers) each super-group's output blocks are split
+/// too, so every thread has work and streams only its share of the weights.
+pub(super) struct Plan {
+    pub cin_sg: usize,
+    pub cout_sg: usize,
+    pub taps: usize,
+    pub m: usize,
+    pub zbuf: Vec<u8>,
+    pub items: Vec<(usize, usize, usize)>,
     tiles: usize,
-) -> (usize, usize, Vec<(usize, usize, usize)>) {
-    let threads = rayon::current_num_threads().max(1);
-    let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
-    let per_chunk = tiles.div_ceil(chunks);
-    let base = packed.len() * tiles.div_ceil(per_chunk);
-    let min_blocks = packed
-        .iter()
-        .map(|pb| pb.blocks.len())
-        .min()
-        .unwrap_or(1)
-        .max(1);
-    let bsplit = if base < 8 * threads {
-        (8 * threads).div_ceil(base).min(min_blocks)
-    } else {
-        1
-    };
-    let items = (0..packed.len())
-        .flat_map(|s| {
-            (0..tiles.div_ceil(per_chunk)).flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
-        })
-        .collect();
-    (per_chunk, bsplit, items)
+    per_chunk: usize,
+    bsplit: usize,
+}
+
+impl Plan {
+    pub(super) fn new(
+        p: &Conv2dParams,
+        g: &Geom,
+        per: usize,
+        packed: &[PackedQB],
+        mr: usize,
+        za: u8,
+    ) -> Self {
+        let cin_sg = per * p.in_channels / p.groups;
+        let m = g.n * g.oh * g.ow;
+        let tiles = m.div_ceil(mr);
+        let threads = rayon::current_num_threads().max(1);
+        let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
+        let per_chunk = tiles.div_ceil(chunks);
+        let base = packed.len() * tiles.div_ceil(per_chunk);
+        let min_blocks = packed
+            .iter()
+            .map(|pb| pb.blocks.len())
+            .min()
+            .unwrap_or(1)
+            .max(1);
+        let bsplit = if base < 8 * threads {
+            (8 * threads).div_ceil(base).min(min_blocks)
+        } else {
+            1
+        };
+        let items = (0..packed.len())
+            .flat_map(|s| {
+                (0..tiles.div_ceil(per_chunk))
+                    .flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
+            })
+            .collect();
+        Plan {
+            cin_sg,
+            cout_sg: per * p.out_channels / p.groups,
+            taps: p.kernel[0] * p.kernel[1],
+            m,
+            zbuf: vec![za; cin_sg.max(4)],
+            items,
+            tiles,
+            per_chunk,
+            bsplit,
+        }
+    }
+
+    /// The tiles of run `c`.
+    pub(super) fn run(&self, c: usize) -> std::ops::Range<usize> {
+        c * self.per_chunk..((c + 1) * self.per_chunk).min(self.tiles)
+    }
+
+    /// The output blocks of block range `k` of a super-group.
+    pub(super) fn blocks<'a>(&self, pb: &'a PackedQB, k: usize) -> &'a [(usize, usize, usize)] {
+        let n = pb.blocks.len();
+        &pb.blocks[k * n / self.bsplit..(k + 1) * n / self.bsplit]
+    }
 }
 
 struct DwRow<'a> {
