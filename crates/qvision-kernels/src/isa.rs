@@ -104,6 +104,15 @@ pub fn supports_int8(level: Int8Isa) -> bool {
     }
 }
 
+/// The best vector (non-tile) int8 level this CPU supports: what runs beside AMX, and what the
+/// AMX check compares against (it must not ask for AMX itself while being detected).
+pub fn best_vector_int8() -> Int8Isa {
+    [Int8Isa::Avx512Vnni, Int8Isa::AvxVnni, Int8Isa::Avx2]
+        .into_iter()
+        .find(|&l| supports_int8(l))
+        .unwrap_or(Int8Isa::Scalar)
+}
+
 /// The best int8 level this CPU supports.
 pub fn best_int8() -> Int8Isa {
     [

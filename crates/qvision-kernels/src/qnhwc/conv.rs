@@ -221,7 +221,9 @@ impl PreparedQConv {
         w: usize,
         residual: Option<(&[u8], i32, f32)>,
     ) -> Result<(Vec<u8>, usize, usize), KernelError> {
-        let vector = isa::best_int8().min(Int8Isa::Avx512Vnni);
+        // not `best_int8`: this runs inside AMX detection (its one-time check), which must not
+        // ask for AMX again
+        let vector = isa::best_vector_int8();
         self.run_inner(vector, Some(unit), x, n, h, w, residual)
     }
 
