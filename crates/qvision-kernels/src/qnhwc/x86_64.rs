@@ -78,6 +78,18 @@ pub(crate) unsafe fn tile_vnni<const NB: usize>(
     fused: Option<&Fused>,
 ) {
     let mut c = [[_mm512_setzero_si512(); NB]; MR];
+    if let Some(f) = fused {
+        // start from the per-column shift (`bias - za·colsum`), which the epilogue would add
+        for j in 0..NB {
+            // SAFETY: the mask limits the load to the `width` valid columns of `shift`.
+            let sv = unsafe {
+                _mm512_maskz_loadu_epi32(lane_mask(f.width, j), f.shift.add(j * 16).cast())
+            };
+            for ci in c.iter_mut() {
+                ci[j] = sv;
+            }
+        }
+    }
     let full = cin / 4;
     let tail = cin % 4;
     let mut bp = b.as_ptr();
@@ -116,31 +128,35 @@ pub(crate) unsafe fn tile_vnni<const NB: usize>(
     }
 }
 
-/// The requantization of a stored tile, in registers.
+/// The lanes of 16-column vector `j` that fall inside `width` columns.
+#[inline(always)]
+fn lane_mask(width: usize, j: usize) -> __mmask16 {
+    let valid = width.saturating_sub(j * 16).min(16);
+    if valid == 16 {
+        0xffff
+    } else {
+        ((1u32 << valid) - 1) as u16
+    }
+}
+
+/// The requantization of a stored tile (accumulators that started from the shift), in
+/// registers.
 ///
 /// # Safety
 /// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `f.rows` rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
     // The epilogue in registers, the same IEEE sequence as `requant_row_body`:
-    // (acc + shift) * mult [+ (r - zr) * mr], clamp, round half to even (MXCSR default), + zo.
+    // (acc + shift) * mult (the shift is already in the accumulators) [+ (r - zr) * mr],
+    // clamp, round half to even (MXCSR default), + zo.
     let (lo, hi) = (_mm512_set1_ps(f.lo), _mm512_set1_ps(f.hi));
     let zo = _mm512_set1_epi32(f.zo);
     let mut masks = [0u16; NB];
-    let mut shift = [_mm512_setzero_si512(); NB];
     let mut mult = [_mm512_setzero_ps(); NB];
     for j in 0..NB {
-        let valid = f.width.saturating_sub(j * 16).min(16);
-        masks[j] = if valid == 16 {
-            0xffff
-        } else {
-            ((1u32 << valid) - 1) as u16
-        };
-        // SAFETY: the masks limit the loads to the `width` valid columns of shift and mult.
-        unsafe {
-            shift[j] = _mm512_maskz_loadu_epi32(masks[j], f.shift.add(j * 16).cast());
-            mult[j] = _mm512_maskz_loadu_ps(masks[j], f.mult.add(j * 16));
-        }
+        masks[j] = lane_mask(f.width, j);
+        // SAFETY: the mask limits the load to the `width` valid columns of mult.
+        mult[j] = unsafe { _mm512_maskz_loadu_ps(masks[j], f.mult.add(j * 16)) };
     }
     for i in 0..f.rows {
         for j in 0..NB {
@@ -156,7 +172,7 @@ unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
             // by this tile; the mask limits the accesses to them.
             unsafe {
                 requant_store(
-                    _mm512_add_epi32(a, shift[j]),
+                    a,
                     mult[j],
                     res,
                     f.act,
