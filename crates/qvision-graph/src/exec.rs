@@ -6,7 +6,9 @@ use crate::op::Op;
 use crate::{passes, GraphError};
 use qvision_kernels::blocked::{self, conv::BlockedConv};
 use qvision_kernels::conv::PreparedConv;
-use qvision_kernels::elementwise::{binary, binary_in_place, softmax_rows, BinaryOp};
+use qvision_kernels::elementwise::{
+    binary, binary_broadcast_in_place, binary_in_place, broadcast_shape, softmax_rows, BinaryOp,
+};
 use qvision_kernels::gemm::{self, Bias, Lhs};
 use qvision_kernels::{layout, norm, pool};
 use qvision_tensor::{pool as buffers, Tensor};
@@ -614,15 +616,33 @@ fn run_node(
             one(tensor(vec![n, c, output[0], output[1]], y)?)
         }
         (Op::Binary(op), _) => {
-            // reuse a dying left operand of the output's shape
+            // reuse a dying left operand of the output's shape (equal shapes, or the right
+            // operand broadcast along one run of axes, e.g. a squeeze-excitation scale)
             if remaining[ins[0].0] == 1 && ins[0] != ins[1] && env[ins[0].0].is_some() {
-                let same = fetch(g, env, ins[0])?.shape() == fetch(g, env, ins[1])?.shape();
-                if same {
+                let (sa, sb) = (
+                    fetch(g, env, ins[0])?.shape(),
+                    fetch(g, env, ins[1])?.shape(),
+                );
+                if sa == sb {
                     let mut a = take(g, env, remaining, ins[0])?;
                     let b = fetch(g, env, ins[1])?;
                     binary_in_place(*op, a.as_f32_mut().map_err(|e| e.to_string())?, f32s(b)?)
                         .map_err(ke)?;
                     return one(a);
+                }
+                if broadcast_shape(sa, sb).is_ok_and(|s| s == sa) {
+                    let mut a = take(g, env, remaining, ins[0])?;
+                    let b = fetch(g, env, ins[1])?;
+                    let shape = a.shape().to_vec();
+                    let data = a.as_f32_mut().map_err(|e| e.to_string())?;
+                    if binary_broadcast_in_place(*op, data, &shape, f32s(b)?, b.shape())
+                        .map_err(ke)?
+                    {
+                        return one(a);
+                    }
+                    let (y, shape) =
+                        binary(*op, f32s(&a)?, &shape, f32s(b)?, b.shape()).map_err(ke)?;
+                    return one(tensor(shape, y)?);
                 }
             }
             let a = fetch(g, env, ins[0])?;

@@ -233,6 +233,85 @@ pub fn binary_in_place(op: BinaryOp, a: &mut [f32], b: &[f32]) -> Result<(), Ker
     Ok(())
 }
 
+/// `a = op(a, b)` in place where `b` broadcasts to `a`'s shape along one contiguous run of
+/// axes (a squeeze-excitation scale `[n, c, 1, 1]` or its blocked `[n, c/16, 1, 1, 16]`, a
+/// per-channel constant). Returns `Ok(false)`, leaving `a` untouched, for any other pattern.
+pub fn binary_broadcast_in_place(
+    op: BinaryOp,
+    a: &mut [f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+) -> Result<bool, KernelError> {
+    if a.len() != a_shape.iter().product::<usize>() || b.len() != b_shape.iter().product::<usize>()
+    {
+        return Err(shape_err("binary", "data does not fill its shape"));
+    }
+    if b_shape.len() > a_shape.len() || broadcast_shape(a_shape, b_shape)? != a_shape {
+        return Ok(false);
+    }
+    let pad = a_shape.len() - b_shape.len();
+    let bs: Vec<usize> = std::iter::repeat_n(1, pad)
+        .chain(b_shape.iter().copied())
+        .collect();
+    let differ: Vec<usize> = (0..a_shape.len())
+        .filter(|&d| bs[d] != a_shape[d])
+        .collect();
+    let (Some(&i), Some(&j)) = (differ.first(), differ.last()) else {
+        binary_in_place(op, a, b)?;
+        return Ok(true);
+    };
+    if differ.len() != j - i + 1 {
+        return Ok(false);
+    }
+    let mid: usize = a_shape[i..=j].iter().product();
+    let inner: usize = a_shape[j + 1..].iter().product();
+    if a.is_empty() || mid == 0 || inner == 0 {
+        return Ok(true);
+    }
+    let isa = crate::isa::current();
+    // `b` holds `outer x inner` values; each outer slab of `a` is `mid` rows of `inner`
+    let slab = mid * inner;
+    let outer = a.len() / slab;
+    if outer >= 2 * rayon::current_num_threads() {
+        a.par_chunks_mut(slab).enumerate().for_each(|(o, x)| {
+            broadcast_rows(isa, op, x, &b[o * inner..(o + 1) * inner]);
+        });
+    } else {
+        for (o, x) in a.chunks_mut(slab).enumerate() {
+            let y = &b[o * inner..(o + 1) * inner];
+            x.par_chunks_mut(inner * 1024usize.div_ceil(inner).max(1))
+                .for_each(|x| broadcast_rows(isa, op, x, y));
+        }
+    }
+    Ok(true)
+}
+
+/// `x[r][k] = op(x[r][k], y[k])` over rows of `y.len()` (one value: every element).
+#[inline(always)]
+fn broadcast_rows_body(op: BinaryOp, x: &mut [f32], y: &[f32]) {
+    macro_rules! rows {
+        ($f:expr) => {
+            if let [v] = y {
+                x.iter_mut().for_each(|a| *a = $f(*a, *v));
+            } else {
+                for row in x.chunks_exact_mut(y.len()) {
+                    for (a, v) in row.iter_mut().zip(y) {
+                        *a = $f(*a, *v);
+                    }
+                }
+            }
+        };
+    }
+    match op {
+        BinaryOp::Add => rows!(|a: f32, b: f32| a + b),
+        BinaryOp::Mul => rows!(|a: f32, b: f32| a * b),
+        BinaryOp::Sub => rows!(|a: f32, b: f32| a - b),
+        BinaryOp::Div => rows!(|a: f32, b: f32| a / b),
+    }
+}
+crate::isa::multiversion!(fn broadcast_rows(op: BinaryOp, x: &mut [f32], y: &[f32]) => broadcast_rows_body);
+
 /// Softmax over the last axis of rows of length `len`.
 pub fn softmax_rows(x: &mut [f32], len: usize) {
     for row in x.chunks_mut(len.max(1)) {
@@ -289,6 +368,54 @@ mod tests {
                 prop_assert_eq!(got, naive(op, &b, &sb, &a, &sa));
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// In place: equal to the naive broadcast wherever the pattern is taken, and
+        /// `a` untouched where it is not.
+        #[test]
+        fn in_place_broadcast_matches_naive(dims in proptest::collection::vec(1usize..10, 1..6), mask_b in any::<u8>(), drop in 0usize..3, seed in any::<u64>()) {
+            let sa = dims.clone();
+            let sb: Vec<usize> = dims.iter().enumerate().map(|(i, &d)| if mask_b >> i & 1 == 1 { 1 } else { d }).skip(drop.min(dims.len() - 1)).collect();
+            let a = pseudo_random(sa.iter().product(), seed);
+            let b = pseudo_random(sb.iter().product(), seed ^ 3);
+            for op in [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Div] {
+                let want = naive(op, &a, &sa, &b, &sb);
+                let mut got = a.clone();
+                if binary_broadcast_in_place(op, &mut got, &sa, &b, &sb).unwrap() {
+                    prop_assert_eq!(&got, &want);
+                } else {
+                    prop_assert_eq!(&got, &a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_broadcast_takes_the_squeeze_excitation_shapes() {
+        // blocked [n, c/16, h, w, 16] x [n, c/16, 1, 1, 16], NCHW x [n, c, 1, 1], x [c, 1, 1]
+        for (sa, sb) in [
+            (vec![2, 3, 5, 7, 16], vec![2, 3, 1, 1, 16]),
+            (vec![2, 24, 5, 7], vec![2, 24, 1, 1]),
+            (vec![1, 24, 5, 7], vec![24, 1, 1]),
+            (vec![1, 8, 300, 300], vec![1]),
+        ] {
+            let a = pseudo_random(sa.iter().product(), 1);
+            let b = pseudo_random(sb.iter().product(), 2);
+            let mut got = a.clone();
+            assert!(binary_broadcast_in_place(BinaryOp::Mul, &mut got, &sa, &b, &sb).unwrap());
+            assert_eq!(
+                got,
+                naive(BinaryOp::Mul, &a, &sa, &b, &sb),
+                "{sa:?} x {sb:?}"
+            );
+        }
+        // the output would be larger than `a`: not in place
+        let mut a = vec![1.0; 3];
+        assert!(
+            !binary_broadcast_in_place(BinaryOp::Add, &mut a, &[3, 1], &[0.0; 2], &[2]).unwrap()
+        );
     }
 
     #[test]
