@@ -142,18 +142,12 @@ fn train_then_qat_then_bench() {
     assert!(b.to_string().contains("ms"), "{b}");
     // The QAT model exports to ONNX like any PTQ model.
     let onnx = dir.join("qat.onnx");
-    let out = qvision()
+    run(qvision()
         .arg("export")
         .arg(&qvm)
         .arg("--out")
         .arg(&onnx)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg("--json"));
     assert!(std::fs::metadata(&onnx).unwrap().len() > 1000);
     // A QAT run needs trained weights.
     let out = qvision()

@@ -7,7 +7,7 @@ use crate::{passes, GraphError};
 use qvision_kernels::blocked::{self, conv::BlockedConv};
 use qvision_kernels::conv::PreparedConv;
 use qvision_kernels::elementwise::{
-    binary, binary_broadcast_in_place, binary_in_place, broadcast_shape, softmax_rows, BinaryOp,
+    binary, binary_broadcast_in_place, broadcast_shape, softmax_rows, BinaryOp,
 };
 use qvision_kernels::gemm::{self, Bias, Lhs};
 use qvision_kernels::{layout, norm, pool};
@@ -623,13 +623,6 @@ fn run_node(
                     fetch(g, env, ins[0])?.shape(),
                     fetch(g, env, ins[1])?.shape(),
                 );
-                if sa == sb {
-                    let mut a = take(g, env, remaining, ins[0])?;
-                    let b = fetch(g, env, ins[1])?;
-                    binary_in_place(*op, a.as_f32_mut().map_err(|e| e.to_string())?, f32s(b)?)
-                        .map_err(ke)?;
-                    return one(a);
-                }
                 if broadcast_shape(sa, sb).is_ok_and(|s| s == sa) {
                     let mut a = take(g, env, remaining, ins[0])?;
                     let b = fetch(g, env, ins[1])?;

@@ -168,15 +168,7 @@ fn middle_broadcast(
     if full_shape != out_shape || small_shape.len() != out_shape.len() {
         return None;
     }
-    let differ: Vec<usize> = (0..out_shape.len())
-        .filter(|&d| small_shape[d] != out_shape[d])
-        .collect();
-    let (&i, &j) = (differ.first()?, differ.last()?);
-    if differ.len() != j - i + 1 || differ.iter().any(|&d| small_shape[d] != 1) {
-        return None;
-    }
-    let mid: usize = out_shape[i..=j].iter().product();
-    let inner: usize = out_shape[j + 1..].iter().product();
+    let (mid, inner) = one_run(out_shape, small_shape)??;
     if inner == 0 || mid == 0 {
         return None;
     }
@@ -197,6 +189,28 @@ fn middle_broadcast(
             }
         });
     Some(out)
+}
+
+/// How `small` (left-padded with 1s) broadcasts to `full`: `Some(None)` where the shapes are
+/// equal, `Some(Some((mid, inner)))` where it is 1 along one contiguous run of axes and equals
+/// `full` elsewhere (`mid`: the run's size, `inner`: the size of the axes after it; `small`
+/// then holds `outer x inner` values), `None` for any other pattern.
+fn one_run(full: &[usize], small: &[usize]) -> Option<Option<(usize, usize)>> {
+    let pad = full.len().checked_sub(small.len())?;
+    let s: Vec<usize> = std::iter::repeat_n(1, pad)
+        .chain(small.iter().copied())
+        .collect();
+    let differ: Vec<usize> = (0..full.len()).filter(|&d| s[d] != full[d]).collect();
+    let (Some(&i), Some(&j)) = (differ.first(), differ.last()) else {
+        return Some(None);
+    };
+    if differ.len() != j - i + 1 || differ.iter().any(|&d| s[d] != 1) {
+        return None;
+    }
+    Some(Some((
+        full[i..=j].iter().product(),
+        full[j + 1..].iter().product(),
+    )))
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -247,25 +261,17 @@ pub fn binary_broadcast_in_place(
     {
         return Err(shape_err("binary", "data does not fill its shape"));
     }
-    if b_shape.len() > a_shape.len() || broadcast_shape(a_shape, b_shape)? != a_shape {
+    if broadcast_shape(a_shape, b_shape)? != a_shape {
         return Ok(false);
     }
-    let pad = a_shape.len() - b_shape.len();
-    let bs: Vec<usize> = std::iter::repeat_n(1, pad)
-        .chain(b_shape.iter().copied())
-        .collect();
-    let differ: Vec<usize> = (0..a_shape.len())
-        .filter(|&d| bs[d] != a_shape[d])
-        .collect();
-    let (Some(&i), Some(&j)) = (differ.first(), differ.last()) else {
-        binary_in_place(op, a, b)?;
-        return Ok(true);
+    let (mid, inner) = match one_run(a_shape, b_shape) {
+        None => return Ok(false),
+        Some(None) => {
+            binary_in_place(op, a, b)?;
+            return Ok(true);
+        }
+        Some(Some(run)) => run,
     };
-    if differ.len() != j - i + 1 {
-        return Ok(false);
-    }
-    let mid: usize = a_shape[i..=j].iter().product();
-    let inner: usize = a_shape[j + 1..].iter().product();
     if a.is_empty() || mid == 0 || inner == 0 {
         return Ok(true);
     }

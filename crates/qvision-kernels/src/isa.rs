@@ -115,15 +115,11 @@ pub fn best_vector_int8() -> Int8Isa {
 
 /// The best int8 level this CPU supports.
 pub fn best_int8() -> Int8Isa {
-    [
-        Int8Isa::Amx,
-        Int8Isa::Avx512Vnni,
-        Int8Isa::AvxVnni,
-        Int8Isa::Avx2,
-    ]
-    .into_iter()
-    .find(|&l| supports_int8(l))
-    .unwrap_or(Int8Isa::Scalar)
+    if supports_int8(Int8Isa::Amx) {
+        Int8Isa::Amx
+    } else {
+        best_vector_int8()
+    }
 }
 
 /// The int8 level in use: [`best_int8`], or what `QVISION_ISA` names if the CPU has it

@@ -63,13 +63,13 @@ impl Calibrator {
         }
     }
 
-    fn make(&self) -> Box<dyn Observer> {
+    fn make(&self, kind: ObserverKind) -> Box<dyn Observer> {
         let (d, s, r) = (
             self.qconfig.activation_dtype,
             self.qconfig.activation_scheme,
             self.qconfig.reduce_range,
         );
-        match self.kind {
+        match kind {
             ObserverKind::MinMax => Box::new(MinMaxObserver::new(d, s, r)),
             ObserverKind::MovingAverage => Box::new(MovingAverageMinMaxObserver::new(d, s, r)),
             ObserverKind::Histogram => Box::new(HistogramObserver::new(d, s, r)),
@@ -83,21 +83,18 @@ impl Calibrator {
     /// Record values of a graph input: always the full min/max range (an image is bounded, and
     /// clipping its brightest or darkest pixels costs more than a finer step gains).
     pub fn observe_input(&mut self, name: &str, x: &[f32]) {
-        let (d, s, r) = (
-            self.qconfig.activation_dtype,
-            self.qconfig.activation_scheme,
-            self.qconfig.reduce_range,
-        );
-        self.observers
-            .entry(name.to_string())
-            .or_insert_with(|| Box::new(MinMaxObserver::new(d, s, r)))
-            .observe(x);
+        self.observe_with(ObserverKind::MinMax, name, x);
     }
 
     /// Record values of the activation `name`.
     pub fn observe(&mut self, name: &str, x: &[f32]) {
+        self.observe_with(self.kind, name, x);
+    }
+
+    /// Record values of `name`, creating its observer of `kind` on first sight.
+    fn observe_with(&mut self, kind: ObserverKind, name: &str, x: &[f32]) {
         if !self.observers.contains_key(name) {
-            let o = self.make();
+            let o = self.make(kind);
             self.observers.insert(name.to_string(), o);
         }
         if let Some(o) = self.observers.get_mut(name) {

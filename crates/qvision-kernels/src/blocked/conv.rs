@@ -554,20 +554,7 @@ mod x86 {
             let mut ox0 = 0;
             while ox0 < $ow {
                 let n = super::super::run_len($ow - ox0);
-                match n {
-                    12 => $kernel::<12>($($args,)* ox0),
-                    11 => $kernel::<11>($($args,)* ox0),
-                    10 => $kernel::<10>($($args,)* ox0),
-                    9 => $kernel::<9>($($args,)* ox0),
-                    8 => $kernel::<8>($($args,)* ox0),
-                    7 => $kernel::<7>($($args,)* ox0),
-                    6 => $kernel::<6>($($args,)* ox0),
-                    5 => $kernel::<5>($($args,)* ox0),
-                    4 => $kernel::<4>($($args,)* ox0),
-                    3 => $kernel::<3>($($args,)* ox0),
-                    2 => $kernel::<2>($($args,)* ox0),
-                    _ => $kernel::<1>($($args,)* ox0),
-                }
+                super::super::by_run_len!(n, $kernel($($args,)* ox0));
                 ox0 += n;
             }
         }};

@@ -133,22 +133,7 @@ mod x86 {
         dst: &mut [f32],
     ) -> usize {
         // SAFETY (every arm): `N` is at most `run` (see `run_len`).
-        unsafe {
-            match super::super::run_len(run) {
-                12 => px::<12>(r, ky_rows, ox, dst),
-                11 => px::<11>(r, ky_rows, ox, dst),
-                10 => px::<10>(r, ky_rows, ox, dst),
-                9 => px::<9>(r, ky_rows, ox, dst),
-                8 => px::<8>(r, ky_rows, ox, dst),
-                7 => px::<7>(r, ky_rows, ox, dst),
-                6 => px::<6>(r, ky_rows, ox, dst),
-                5 => px::<5>(r, ky_rows, ox, dst),
-                4 => px::<4>(r, ky_rows, ox, dst),
-                3 => px::<3>(r, ky_rows, ox, dst),
-                2 => px::<2>(r, ky_rows, ox, dst),
-                _ => px::<1>(r, ky_rows, ox, dst),
-            }
-        }
+        unsafe { super::super::by_run_len!(super::super::run_len(run), px(r, ky_rows, ox, dst)) }
     }
 
     /// # Safety

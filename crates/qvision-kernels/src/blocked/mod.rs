@@ -18,6 +18,28 @@ pub(crate) fn run_len(rest: usize) -> usize {
     rest.div_ceil(rest.div_ceil(12).max(1))
 }
 
+/// `$kernel::<N>(args)` for a run length `N` in 1..=12 given at run time (each length is its
+/// own register-blocked instantiation).
+macro_rules! by_run_len {
+    ($n:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+        match $n {
+            12 => $kernel::<12>($($arg),*),
+            11 => $kernel::<11>($($arg),*),
+            10 => $kernel::<10>($($arg),*),
+            9 => $kernel::<9>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            _ => $kernel::<1>($($arg),*),
+        }
+    };
+}
+pub(crate) use by_run_len;
+
 /// Number of channel blocks for `c` channels.
 pub fn blocks(c: usize) -> usize {
     c.div_ceil(B)

@@ -127,16 +127,11 @@ impl PreparedQConv {
                     0
                 }
             });
-            let shift = (0..p.out_channels)
-                .map(|c| bias(c) - za * pb.col_sums[c])
-                .collect();
+            let packed = vec![pb];
             return Ok(PreparedQConv {
                 params,
-                mode: Mode::Im2col {
-                    kp,
-                    packed: vec![pb],
-                },
-                shift,
+                shift: gemm_shift(&packed, za, bias),
+                mode: Mode::Im2col { kp, packed },
                 out,
             });
         }
@@ -154,16 +149,10 @@ impl PreparedQConv {
                 })
             })
             .collect();
-        let shift = packed
-            .iter()
-            .flat_map(|pb| pb.col_sums.iter())
-            .enumerate()
-            .map(|(c, &s)| bias(c) - za * s)
-            .collect();
         Ok(PreparedQConv {
             params,
+            shift: gemm_shift(&packed, za, bias),
             mode: Mode::Gemm { per, packed },
-            shift,
             out,
         })
     }
@@ -632,19 +621,14 @@ impl PreparedQConv {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the few bytes of an im2col segment, in 8-byte moves rather
-/// than a `memcpy` call per segment.
-#[inline(always)]
-fn copy_small(dst: &mut [u8], src: &[u8]) {
-    let src = &src[..dst.len()];
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
-    }
+/// Per output channel of packed GEMM weights: `bias - za * colsum`.
+fn gemm_shift(packed: &[PackedQB], za: i32, bias: impl Fn(usize) -> i32) -> Vec<i32> {
+    packed
+        .iter()
+        .flat_map(|pb| pb.col_sums.iter())
+        .enumerate()
+        .map(|(c, &s)| bias(c) - za * s)
+        .collect()
 }
 
 /// The `kh` kernel rows of an interior pixel: `W` bytes from `x` every `ystride` bytes into
@@ -661,16 +645,6 @@ fn interior<const W: usize>((x, ystride, kh, seg): (&[u8], usize, usize, usize),
 #[inline(always)]
 fn copy_n<const N: usize>(dst: &mut [u8], src: &[u8]) {
     dst[..N].copy_from_slice(&src[..N]);
-}
-
-/// `dst.fill(v)` for a few bytes (see [`copy_small`]).
-#[inline(always)]
-fn fill_small(dst: &mut [u8], v: u8) {
-    let mut d = dst.chunks_exact_mut(8);
-    for d in &mut d {
-        d.copy_from_slice(&[v; 8]);
-    }
-    d.into_remainder().fill(v);
 }
 
 /// Spatial geometry of one run.
@@ -747,16 +721,12 @@ impl Src<'_> {
 
 impl Im2col<'_> {
     /// Gather the taps of output pixel `(bi, oy, ox)` into `row`: `[ky][kx][cin]`, then the
-    /// zero point up to `kp`; the zero point where a tap is padding. An interior pixel's `kw`
-    /// taps of one kernel row are one contiguous run of the input row, copied in a fixed
-    /// number of 8-byte moves that may spill into the next kernel row's bytes (written right
-    /// after) or past `kp` into the row's slack (`row` holds [`Im2col::stride`] bytes).
-    #[inline]
+    /// zero point up to `kp`; the zero point where a tap is padding. (The general path: see
+    /// [`Im2col::gather`] for pixels whose taps all lie inside the image.)
     fn pixel(&self, bi: usize, oy: usize, ox: usize, row: &mut [u8]) {
         let (p, g) = (self.p, self.g);
         let (cin, [kh, kw]) = (g.cin, p.kernel);
         let seg = kw * cin;
-        let wide = seg.next_multiple_of(8);
         let (d, ix0) = (
             p.dilation[1],
             (ox * p.stride[1]) as isize - p.padding[1] as isize,
@@ -764,40 +734,28 @@ impl Im2col<'_> {
         let inside = d == 1 && ix0 >= 0 && ix0 as usize + kw <= g.w;
         for ky in 0..kh {
             let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-            let d0 = ky * seg;
+            let taps = &mut row[ky * seg..(ky + 1) * seg];
             if iy < 0 || iy as usize >= g.h {
-                fill_small(&mut row[d0..d0 + seg], self.za);
+                taps.fill(self.za);
                 continue;
             }
             let line = (bi * g.h + iy as usize) * g.w * cin;
             if inside {
+                // the kw taps are one run of the input row
                 let at = line + ix0 as usize * cin;
-                if at + wide <= self.x.len() {
-                    let (o, i) = (&mut row[d0..], &self.x[at..]);
-                    // fixed sizes become a few moves (a loop would become a memcpy call)
-                    match wide {
-                        8 => copy_n::<8>(o, i),
-                        16 => copy_n::<16>(o, i),
-                        24 => copy_n::<24>(o, i),
-                        32 => copy_n::<32>(o, i),
-                        40 => copy_n::<40>(o, i),
-                        _ => o[..wide].copy_from_slice(&i[..wide]),
-                    }
-                } else {
-                    copy_small(&mut row[d0..d0 + seg], &self.x[at..at + seg]);
-                }
+                taps.copy_from_slice(&self.x[at..at + seg]);
                 continue;
             }
-            for (kx, t) in row[d0..d0 + seg].chunks_exact_mut(cin).enumerate() {
+            for (kx, t) in taps.chunks_exact_mut(cin).enumerate() {
                 let ix = ix0 + (kx * d) as isize;
                 if ix < 0 || ix as usize >= g.w {
-                    fill_small(t, self.za);
+                    t.fill(self.za);
                 } else {
-                    copy_small(t, &self.x[line + ix as usize * cin..][..cin]);
+                    t.copy_from_slice(&self.x[line + ix as usize * cin..][..cin]);
                 }
             }
         }
-        fill_small(&mut row[kh * seg..self.kp], self.za);
+        row[kh * seg..self.kp].fill(self.za);
     }
 
     /// [`Im2col::pixel`], with a fast path for a pixel whose taps all lie inside the image:
@@ -828,7 +786,7 @@ impl Im2col<'_> {
                     40 => interior::<40>(run, row),
                     _ => return self.pixel(bi, oy, ox, row),
                 }
-                fill_small(&mut row[kh * seg..self.kp], self.za);
+                row[kh * seg..self.kp].fill(self.za);
                 return;
             }
         }
