@@ -749,7 +749,7 @@ mod tests {
         #[test]
         fn blocked_conv_matches_reference(cin in 1usize..40, cout in 1usize..40, k in 1usize..5, s in 1usize..3,
                                           pad in 0usize..3, dil in 1usize..3, h in 1usize..9, w in 1usize..120,
-                                          n in 1usize..3, dw in any::<bool>(), res in any::<bool>(), relu in any::<bool>(),
+                                          n in 1usize..3, dw in any::<bool>(), res in any::<bool>(), act in 0usize..3,
                                           seed in any::<u64>()) {
             let pad = pad.min(k - 1);
             let (h, w) = (h.max(dil * (k - 1) + 1), w.max(dil * (k - 1) + 1));
@@ -767,7 +767,7 @@ mod tests {
             let b = reference::pseudo_random(cout, seed ^ 2);
             let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
             let r = reference::pseudo_random(want.len(), seed ^ 3);
-            let act = relu.then_some(Activation::Relu);
+            let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
             for (v, rv) in want.iter_mut().zip(&r) {
                 if res { *v += rv; }
                 if let Some(a) = act { *v = a.apply_scalar(*v); }
