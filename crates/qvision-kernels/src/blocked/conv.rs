@@ -26,6 +26,10 @@ enum Kind {
     DenseNchwIn { w: Vec<f32> },
     /// `[cb][ky][kx][16]`.
     Depthwise { w: Vec<f32> },
+    /// Groups of `cg` (2, 4 or 8) input and output channels, several groups per block:
+    /// `[ob][ky][kx][cg][16 oc]`, where lane `o` of row `j` weighs input lane `o - o % cg + j`
+    /// of the same block (ResNeXt's 4- and 8-channel groups).
+    Grouped { w: Vec<f32>, cg: usize },
 }
 
 /// A convolution prepared for NCHW16c input and output.
@@ -46,6 +50,8 @@ struct Geom {
     /// Output pixels in this chunk of the row, starting at output column `x0`.
     ow: usize,
     x0: usize,
+    /// Channels per group of a [`Kind::Grouped`] conv (0 otherwise).
+    cg: usize,
 }
 
 /// What the dense kernels apply while storing a run: `acc + residual`, then a clamp
@@ -74,14 +80,16 @@ impl Fuse<'_> {
 }
 
 impl BlockedConv {
-    /// Whether this geometry has a blocked kernel (one group, or depthwise with multiplier 1).
+    /// Whether this geometry has a blocked kernel: one group, depthwise with multiplier 1,
+    /// groups of whole blocks, or groups of 2, 4 or 8 channels in and out.
     pub fn supports(p: &Conv2dParams) -> bool {
         let grouped_blocks = (p.in_channels / p.groups.max(1)).is_multiple_of(B)
             && (p.out_channels / p.groups.max(1)).is_multiple_of(B);
         p.validate().is_ok()
             && (p.groups == 1
                 || (p.groups == p.in_channels && p.out_channels == p.in_channels)
-                || grouped_blocks)
+                || grouped_blocks
+                || small_group(p).is_some())
     }
 
     pub fn new(p: Conv2dParams, weight: &[f32], bias: Option<&[f32]>) -> Result<Self, KernelError> {
@@ -105,6 +113,17 @@ impl BlockedConv {
                 }
             }
             Kind::DenseNchwIn { w }
+        } else if let Some(cg) = small_group(&p) {
+            let mut w = vec![0.0f32; ob * kh * kw * cg * B];
+            for oc in 0..p.out_channels {
+                for j in 0..cg {
+                    for k in 0..kh * kw {
+                        w[(((oc / B) * kh * kw + k) * cg + j) * B + oc % B] =
+                            weight[(oc * cg + j) * kh * kw + k];
+                    }
+                }
+            }
+            Kind::Grouped { w, cg }
         } else if p.groups == 1 || p.groups != p.in_channels {
             // one group, or groups of whole blocks: each output block reads its group's
             // `ib` input blocks
@@ -249,6 +268,7 @@ impl BlockedConv {
                             wp,
                             ow: dst.len() / B,
                             x0: c * CHUNK,
+                            cg: 0,
                         };
                         let off = r * row + c * CHUNK * B;
                         let res = residual.map(|rs| &rs[off..off + dst.len()]);
@@ -271,6 +291,19 @@ impl BlockedConv {
                                     &xp[(nn * ib + ib0) * plane..(nn * ib + ib0 + ibg) * plane];
                                 let g = Geom { ib: ibg, ..g };
                                 dense_row(isa, p, &g, xn, wo, bias, oy, dst, fuse);
+                            }
+                            Kind::Grouped { w, cg } => {
+                                // output block `obi` reads input block `obi` only
+                                let k = p.kernel[0] * p.kernel[1] * cg * B;
+                                let wo = &w[obi * k..(obi + 1) * k];
+                                let plane = hp * wp * B;
+                                let xn = &xp[(nn * ib + obi) * plane..(nn * ib + obi + 1) * plane];
+                                let g = Geom {
+                                    ib: 1,
+                                    cg: *cg,
+                                    ..g
+                                };
+                                grouped_row(isa, p, &g, xn, wo, bias, oy, dst, fuse);
                             }
                             Kind::Depthwise { w: wts } => {
                                 let k = p.kernel[0] * p.kernel[1];
@@ -301,6 +334,14 @@ impl BlockedConv {
             });
         Ok((out, oh, ow))
     }
+}
+
+/// The group width of a conv whose groups are 2, 4 or 8 channels in and out (several groups
+/// per 16-channel block, none straddling two).
+fn small_group(p: &Conv2dParams) -> Option<usize> {
+    let g = p.groups.max(1);
+    let cg = p.in_channels / g;
+    (g > 1 && p.out_channels / g == cg && matches!(cg, 2 | 4 | 8)).then_some(cg)
 }
 
 /// Output columns whose every horizontal tap lies inside a row of `w` (no padding read).
@@ -416,6 +457,57 @@ fn dense_row_body<const FMA: bool>(
     }
 }
 
+/// One output row of one output block of a [`Kind::Grouped`] conv: output lane `l` sums input
+/// lanes `l - l % cg ..` of the same block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn grouped_row_body<const FMA: bool>(
+    p: &Conv2dParams,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32; B],
+    oy: usize,
+    dst: &mut [f32],
+    fuse: Fuse<'_>,
+) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let cg = g.cg;
+    let mut ox0 = 0;
+    while ox0 < g.ow {
+        let npx = (g.ow - ox0).min(NPX);
+        let mut acc = [*bias; NPX];
+        for ky in 0..kh {
+            let row = &x[(oy * sh + ky * dh) * g.wp * B..(oy * sh + ky * dh + 1) * g.wp * B];
+            for kx in 0..kw {
+                let wk = &w[(ky * kw + kx) * cg * B..(ky * kw + kx + 1) * cg * B];
+                for j in 0..cg {
+                    let wv: &[f32; B] = wk[j * B..(j + 1) * B].try_into().expect("16 lanes");
+                    for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+                        let px = &row[((g.x0 + ox0 + pi) * sw + kx * dw) * B..][..B];
+                        for l in 0..B {
+                            let xv = px[l - l % cg + j];
+                            a[l] = if FMA {
+                                xv.mul_add(wv[l], a[l])
+                            } else {
+                                a[l] + xv * wv[l]
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
+            let o = (ox0 + pi) * B;
+            fuse.apply(o, a);
+            dst[o..o + B].copy_from_slice(a);
+        }
+        ox0 += npx;
+    }
+}
+
 /// Dense conv row reading an NCHW input of `g.ib` channels (pixel stride 1).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -513,6 +605,7 @@ macro_rules! row_fn {
 
 row_fn!(dense_row, dense_row_body);
 row_fn!(nchw_row, nchw_row_body);
+row_fn!(grouped_row, grouped_row_body);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -666,6 +759,136 @@ mod x86 {
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 
+    pub(super) fn grouped_row(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        fuse: Fuse<'_>,
+    ) {
+        let kk = p.kernel[0] * p.kernel[1];
+        assert!(matches!(g.cg, 2 | 4 | 8), "group width");
+        check(p, g, x.len(), 1, oy, w.len(), kk * g.cg * B, dst.len());
+        if let Some(r) = fuse.res {
+            assert!(r.len() >= g.ow * B, "residual size");
+        }
+        // SAFETY: the caller chose this path because AVX-512F was detected; `check` bounds every
+        // tap of this row in `x` (one block), every weight in `w` and every output in `dst`
+        // (and the residual).
+        unsafe {
+            match g.cg {
+                2 => pixel_runs!(g.ow, grouped_px2, p, g, x, w, bias, oy, dst, fuse),
+                4 => pixel_runs!(g.ow, grouped_px4, p, g, x, w, bias, oy, dst, fuse),
+                _ => pixel_runs!(g.ow, grouped_px8, p, g, x, w, bias, oy, dst, fuse),
+            }
+        }
+    }
+
+    /// Lane `l` of the result is lane `l - l % CG + j` of `x`: input channel `j` of each output
+    /// lane's group. In-lane shuffles for groups of 2 and 4, a cross-lane permute for 8.
+    #[inline(always)]
+    fn group_lanes<const CG: usize>(x: __m512, j: usize, idx: &[__m512i; 8]) -> __m512 {
+        // SAFETY: only reached from `grouped_px`, compiled with AVX-512F.
+        unsafe {
+            match (CG, j) {
+                (2, 0) => _mm512_permute_ps::<0xA0>(x),
+                (2, _) => _mm512_permute_ps::<0xF5>(x),
+                (4, 0) => _mm512_permute_ps::<0x00>(x),
+                (4, 1) => _mm512_permute_ps::<0x55>(x),
+                (4, 2) => _mm512_permute_ps::<0xAA>(x),
+                (4, _) => _mm512_permute_ps::<0xFF>(x),
+                _ => _mm512_permutexvar_ps(idx[j], x),
+            }
+        }
+    }
+
+    /// `N` pixels of one output row of one output block of a grouped conv with `CG`-channel
+    /// groups: per tap and pixel one input vector, shuffled `CG` times against `CG` weight rows.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `check` passed for this row; `ox0 + N <= ow`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn grouped_px<const N: usize, const CG: usize>(
+        p: &Conv2dParams,
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32; B],
+        oy: usize,
+        dst: &mut [f32],
+        fuse: Fuse<'_>,
+        ox0: usize,
+    ) {
+        let [kh, kw] = p.kernel;
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        // SAFETY: 16 floats.
+        let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+        let mut acc = [bv; N];
+        let mut idx = [_mm512_setzero_si512(); 8];
+        for (j, v) in idx.iter_mut().enumerate().take(CG) {
+            let mut lanes = [0i32; B];
+            for (l, e) in lanes.iter_mut().enumerate() {
+                *e = (l - l % CG + j) as i32;
+            }
+            // SAFETY: 16 i32.
+            *v = unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) };
+        }
+        let xp = x.as_ptr();
+        let wp_ = w.as_ptr();
+        for ky in 0..kh {
+            let row = (oy * sh + ky * dh) * g.wp * B;
+            for kx in 0..kw {
+                let base = row + ((g.x0 + ox0) * sw + kx * dw) * B;
+                let wk = (ky * kw + kx) * CG * B;
+                let mut wv = [_mm512_setzero_ps(); CG];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    // SAFETY: weight row (ky, kx, j) lies in `w` (checked size).
+                    *v = unsafe { _mm512_loadu_ps(wp_.add(wk + j * B)) };
+                }
+                for (pi, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
+                    let xv = unsafe { _mm512_loadu_ps(xp.add(base + pi * sw * B)) };
+                    for (j, &wj) in wv.iter().enumerate() {
+                        *a = _mm512_fmadd_ps(group_lanes::<CG>(xv, j, &idx), wj, *a);
+                    }
+                }
+            }
+        }
+        // SAFETY: (ox0 + pi) < ow and dst (and the residual) hold ow * 16 values.
+        unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
+    }
+
+    macro_rules! grouped_px_cg {
+        ($($name:ident = $cg:literal),*) => {$(
+            /// [`grouped_px`] for one group width.
+            ///
+            /// # Safety
+            /// As for [`grouped_px`].
+            #[allow(clippy::too_many_arguments)]
+            #[inline(always)]
+            unsafe fn $name<const N: usize>(
+                p: &Conv2dParams,
+                g: &Geom,
+                x: &[f32],
+                w: &[f32],
+                bias: &[f32; B],
+                oy: usize,
+                dst: &mut [f32],
+                fuse: Fuse<'_>,
+                ox0: usize,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { grouped_px::<N, $cg>(p, g, x, w, bias, oy, dst, fuse, ox0) }
+            }
+        )*};
+    }
+    grouped_px_cg!(grouped_px2 = 2, grouped_px4 = 4, grouped_px8 = 8);
+
     pub(super) fn nchw_row(
         p: &Conv2dParams,
         g: &Geom,
@@ -757,6 +980,11 @@ mod tests {
                 (cin, cin, cin)
             } else if cout % 3 == 0 {
                 (32, 64, 2) // groups of whole blocks (RegNet style)
+            } else if cout % 3 == 1 {
+                // groups of 2, 4 or 8 channels, several per block (ResNeXt style)
+                let cg = [2, 4, 8][cin % 3];
+                let groups = (cout / 3).max(1);
+                (cg * groups, cg * groups, groups)
             } else {
                 (cin, cout, 1)
             };
@@ -773,6 +1001,10 @@ mod tests {
                 if let Some(a) = act { *v = a.apply_scalar(*v); }
             }
             let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+            if groups > 1 && groups != cin && cin / groups < B {
+                let grouped = matches!(conv.kind, Kind::Grouped { .. });
+                prop_assert!(grouped, "small groups take the grouped kernel");
+            }
             let xb = if conv.nchw_input() { x.clone() } else { to_blocked(&x, n, cin, h * w) };
             let rb = to_blocked(&r, n, cout, oh * ow);
             for isa in isa::available() {
