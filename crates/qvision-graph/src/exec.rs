@@ -63,7 +63,7 @@ impl Session {
     pub fn new(graph: &Graph, opts: SessionOptions) -> Result<Self, GraphError> {
         graph.validate()?;
         let graph = if opts.optimize {
-            let g = passes::optimize_for_inference(graph)?;
+            let g = passes::optimize_for_inference(&passes::sink_channels_last(graph))?;
             let blocked = opts.blocked.unwrap_or_else(|| {
                 qvision_kernels::isa::current() == qvision_kernels::isa::Isa::Avx512
                     && std::env::var("QVISION_LAYOUT").map_or(true, |v| v != "nchw")
@@ -575,6 +575,26 @@ fn run_node(
             let len = *x.shape().last().ok_or("0-d input")?;
             let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
             norm::layer_norm(xs, len, &w, b, *eps).map_err(ke)?;
+            one(x)
+        }
+        (Op::LayerNorm2d { eps }, _) => {
+            let mut x = take(g, env, remaining, ins[0])?;
+            let gamma = f32s(fetch(g, env, ins[1])?)?.to_vec();
+            let beta = f32s(fetch(g, env, ins[2])?)?;
+            let c = gamma.len();
+            let shape = x.shape().to_vec();
+            let isa = qvision_kernels::isa::current();
+            let xs = x.as_f32_mut().map_err(|e| e.to_string())?;
+            match shape[..] {
+                [n, cc, h, w] if cc == c => {
+                    norm::layer_norm_2d(isa, xs, n, c, h * w, &gamma, beta, *eps).map_err(ke)?
+                }
+                [n, _, h, w, 16] => {
+                    blocked::norm::layer_norm_2d(isa, xs, n, c, h * w, &gamma, beta, *eps)
+                        .map_err(ke)?
+                }
+                _ => return Err(format!("input {shape:?} does not have {c} channels")),
+            }
             one(x)
         }
         (Op::Act(a), _) => {

@@ -60,6 +60,12 @@ pub enum Op {
     LayerNorm {
         eps: f32,
     },
+    /// `[x, weight, bias]`, NCHW (or blocked): LayerNorm over the channels of each pixel
+    /// (torchvision's `LayerNorm2d`). Made by [`crate::passes::sink_channels_last`] from a
+    /// LayerNorm between channels-last permutes.
+    LayerNorm2d {
+        eps: f32,
+    },
     /// `[x]`, over the last axis.
     Softmax,
     /// `[x]`: identity at inference.
@@ -118,6 +124,7 @@ impl Op {
             Op::Reshape { .. } => "Reshape",
             Op::Permute { .. } => "Permute",
             Op::LayerNorm { .. } => "LayerNorm",
+            Op::LayerNorm2d { .. } => "LayerNorm2d",
             Op::Softmax => "Softmax",
             Op::Dropout { .. } => "Dropout",
             Op::ChannelShuffle { .. } => "ChannelShuffle",
@@ -196,6 +203,22 @@ impl Op {
                     ));
                 }
                 vec![ins[0].to_vec()]
+            }
+            Op::LayerNorm2d { .. } => {
+                want(3)?;
+                let s = ins[0];
+                let c = ins[1].first().copied().unwrap_or(0);
+                let ok = match s {
+                    [_, cc, _, _] => *cc == c,
+                    [_, cb, _, _, 16] => *cb == c.div_ceil(16),
+                    _ => false,
+                };
+                if !ok || ins[1].len() != 1 || ins[2] != ins[1] {
+                    return Err(format!(
+                        "input {s:?} does not match {c} normalised channels"
+                    ));
+                }
+                vec![s.to_vec()]
             }
             Op::MaxPool2d(p) | Op::AvgPool2d { pool: p, .. } => {
                 want(1)?;

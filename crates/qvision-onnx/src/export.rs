@@ -510,6 +510,24 @@ impl<'a> Ex<'a> {
             Op::LayerNorm { eps } => {
                 self.layer_norm(ins[0].clone(), ins[1].clone(), ins[2].clone(), *eps, name)
             }
+            Op::LayerNorm2d { eps } => {
+                // over the channels: NHWC, LayerNorm over the last axis, back to NCHW
+                let to = format!("{name}.to_nhwc");
+                let x = self.op1(
+                    "Transpose",
+                    &to,
+                    vec![ins[0].clone()],
+                    vec![ints("perm", &[0, 2, 3, 1])],
+                );
+                let y = self.layer_norm(x, ins[1].clone(), ins[2].clone(), *eps, name);
+                let back = format!("{name}.to_nchw");
+                self.op1(
+                    "Transpose",
+                    &back,
+                    vec![y],
+                    vec![ints("perm", &[0, 3, 1, 2])],
+                )
+            }
             Op::Softmax => self.op1("Softmax", name, ins, vec![int("axis", -1)]),
             Op::Dropout { .. } => self.op1("Identity", name, ins, vec![]),
             Op::ChannelShuffle { groups } => {

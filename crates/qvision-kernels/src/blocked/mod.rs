@@ -7,6 +7,7 @@
 
 pub mod conv;
 mod dw;
+pub mod norm;
 pub mod pool;
 
 /// Channels per block.

@@ -4,6 +4,9 @@
 //! conv/linear epilogues and drops inference no-ops (Dropout). The quantization passes (fuse,
 //! prepare, convert) will live beside these.
 
+mod channels_last;
+pub use channels_last::sink_channels_last;
+
 use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
 use crate::op::Op;
 use crate::GraphError;
@@ -110,10 +113,13 @@ pub fn optimize_for_inference_with_aliases(
             }
             Op::Binary(BinaryOp::Mul) => {
                 // ConvNeXt's layer scale: linear -> permute(0, 3, 1, 2) -> mul by a [C, 1, 1]
-                // constant becomes a linear with scaled rows.
-                if let Some((lin, w, b)) =
-                    fold_layer_scale(g, &new_tensors, &nodes, &producer, &uses, &inputs)
-                {
+                // constant becomes a linear with scaled rows; conv -> mul by a per-channel
+                // constant, a conv with scaled filters.
+                let scaled = fold_layer_scale(g, &new_tensors, &nodes, &producer, &uses, &inputs)
+                    .or_else(|| {
+                        fold_channel_scale(g, &new_tensors, &nodes, &producer, &uses, &inputs)
+                    });
+                if let Some((lin, w, b)) = scaled {
                     let n = nodes[lin].as_mut().expect("producer exists");
                     let wid =
                         push_const(&mut out.values, &format!("{}.weight(scaled)", n.name), &w);
@@ -237,6 +243,55 @@ fn fold_layer_scale(
         li,
         Tensor::from_f32(vec![out, inn], nw).ok()?,
         Tensor::from_f32(vec![out], nb).ok()?,
+    ))
+}
+
+/// For `mul(conv(x), gamma)` or `mul(gamma, conv(x))` (a plain conv used once, gamma a constant
+/// `[C, 1, 1]` or `[1, C, 1, 1]`): the conv node's index and its weight and bias scaled per
+/// output channel.
+fn fold_channel_scale(
+    g: &Graph,
+    fresh: &HashMap<ValueId, Tensor>,
+    nodes: &[Option<Node>],
+    producer: &HashMap<ValueId, usize>,
+    uses: &[usize],
+    inputs: &[ValueId],
+) -> Option<(usize, Tensor, Tensor)> {
+    let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id));
+    let single = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
+    let (ci, gamma) = [(0, 1), (1, 0)]
+        .into_iter()
+        .find_map(|(c, k)| Some((single(inputs[c])?, get(inputs[k])?)))?;
+    let conv = nodes[ci].as_ref()?;
+    let Op::Conv2d {
+        params,
+        act: None,
+        residual: false,
+    } = &conv.op
+    else {
+        return None;
+    };
+    let cout = params.out_channels;
+    if !(gamma.shape() == [cout, 1, 1] || gamma.shape() == [1, cout, 1, 1]) {
+        return None;
+    }
+    let (gv, w) = (gamma.as_f32().ok()?, get(conv.inputs[1])?);
+    let wv = w.as_f32().ok()?;
+    let per = wv.len() / cout;
+    let nw: Vec<f32> = wv
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * gv[i / per])
+        .collect();
+    let b: Vec<f32> = match conv.inputs.get(2) {
+        Some(&b) => get(b)?.as_f32().ok()?.to_vec(),
+        None => vec![0.0; cout],
+    };
+    let nb: Vec<f32> = b.iter().zip(gv).map(|(v, s)| v * s).collect();
+    Some((
+        ci,
+        Tensor::from_f32(w.shape().to_vec(), nw).ok()?,
+        Tensor::from_f32(vec![cout], nb).ok()?,
     ))
 }
 
@@ -405,6 +460,7 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
             | Op::AvgPool2d { .. }
             | Op::AdaptiveAvgPool2d { .. }
             | Op::BatchNorm2d { .. }
+            | Op::LayerNorm2d { .. }
                 if is_blocked(&repr, node.inputs[0]) =>
             {
                 let c = channels(&repr, node.inputs[0]);
