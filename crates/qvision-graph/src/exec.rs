@@ -64,6 +64,7 @@ impl Session {
         graph.validate()?;
         let graph = if opts.optimize {
             let g = passes::optimize_for_inference(&passes::sink_channels_last(graph))?;
+            let g = passes::fuse_concat_norm(&g);
             let blocked = opts.blocked.unwrap_or_else(|| {
                 qvision_kernels::isa::current() == qvision_kernels::isa::Isa::Avx512
                     && std::env::var("QVISION_LAYOUT").map_or(true, |v| v != "nchw")
@@ -673,6 +674,51 @@ fn run_node(
                 .map(|t| Ok((f32s(t)?, t.shape())))
                 .collect::<Result<_, String>>()?;
             let (y, shape) = layout::concat(&views, *axis).map_err(ke)?;
+            one(tensor(shape, y)?)
+        }
+        (Op::ConcatNorm { eps, act }, _) => {
+            let k = ins
+                .len()
+                .checked_sub(4)
+                .filter(|&k| k > 0)
+                .ok_or("too few inputs")?;
+            let parts: Vec<&Tensor> = ins[..k]
+                .iter()
+                .map(|&i| fetch(g, env, i))
+                .collect::<Result<_, _>>()?;
+            let p: Vec<&[f32]> = ins[k..]
+                .iter()
+                .map(|&i| fetch(g, env, i).and_then(f32s))
+                .collect::<Result<_, _>>()?;
+            let (scale, shift) = norm::batch_norm_affine(p[0], p[1], p[2], p[3], *eps);
+            let c = scale.len();
+            let s0 = parts[0].shape().to_vec();
+            let blocked = s0.len() == 5;
+            let (n, hw, lanes) = match s0[..] {
+                [n, _, h, w] => (n, h * w, 1),
+                [n, _, h, w, 16] => (n, h * w, 16),
+                _ => return Err(format!("input {s0:?} is neither NCHW nor blocked")),
+            };
+            let planes: Vec<usize> = parts.iter().map(|t| t.shape()[1]).collect();
+            let total: usize = planes.iter().sum();
+            if total * lanes < c || (total - 1) * lanes >= c {
+                return Err(format!("{total} channel planes do not hold {c} channels"));
+            }
+            // per output plane: 16 lanes of scale / shift (a block's channels, or one channel's)
+            let lane = |v: &[f32], p: usize| -> [f32; 16] {
+                std::array::from_fn(|l| {
+                    let ch = if blocked { p * 16 + l } else { p };
+                    v.get(ch).copied().unwrap_or(0.0)
+                })
+            };
+            let sv: Vec<[f32; 16]> = (0..total).map(|p| lane(&scale, p)).collect();
+            let tv: Vec<[f32; 16]> = (0..total).map(|p| lane(&shift, p)).collect();
+            let data: Vec<&[f32]> = parts.iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
+            let isa = qvision_kernels::isa::current();
+            let y = norm::concat_affine(isa, &data, &planes, hw * lanes, n, &sv, &tv, *act)
+                .map_err(ke)?;
+            let mut shape = s0;
+            shape[1] = total;
             one(tensor(shape, y)?)
         }
         (Op::Split { axis, sizes }, _) => {

@@ -39,6 +39,13 @@ pub enum Op {
     Concat {
         axis: usize,
     },
+    /// `[x1, .., xk, weight, bias, running_mean, running_var]`: concatenation along the channels
+    /// (axis 1, NCHW or blocked), inference BatchNorm and an activation in one pass
+    /// (DenseNet's `relu(norm(cat(features)))`). Made by [`crate::passes::fuse_concat_norm`].
+    ConcatNorm {
+        eps: f32,
+        act: Option<Activation>,
+    },
     /// `[x]` into `sizes.len()` outputs along `axis`.
     Split {
         axis: usize,
@@ -119,6 +126,7 @@ impl Op {
                 BinaryOp::Div => "Div",
             },
             Op::Concat { .. } => "Concat",
+            Op::ConcatNorm { .. } => "ConcatNorm",
             Op::Split { .. } => "Split",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
@@ -306,6 +314,23 @@ impl Op {
                         ));
                     }
                     s[*axis] += i[*axis];
+                }
+                vec![s]
+            }
+            Op::ConcatNorm { .. } => {
+                want(5)?;
+                let k = ins.len() - 4;
+                let s = Op::Concat { axis: 1 }.infer_shapes(&ins[..k])?.remove(0);
+                let c = ins[k].first().copied().unwrap_or(0);
+                let ok = match s[..] {
+                    [_, cc, _, _] => cc == c,
+                    [_, cb, _, _, 16] => cb == c.div_ceil(16),
+                    _ => false,
+                };
+                if !ok || ins[k..].iter().any(|p| *p != [c]) {
+                    return Err(format!(
+                        "concatenation {s:?} does not match {c} normalised channels"
+                    ));
                 }
                 vec![s]
             }

@@ -82,6 +82,82 @@ pub fn layer_norm(
     Ok(())
 }
 
+/// Concatenate planes and apply a per-plane affine map and an activation in one pass:
+/// DenseNet's `relu(batch_norm(cat(features)))` without the concatenated copy.
+///
+/// Layout-agnostic: image `i` of part `k` is `planes[k]` planes of `plane_len` values each
+/// (NCHW: a plane is a channel; NCHW16c: a block of 16 channels), and the output is, per image,
+/// the parts' planes in order. Output plane `p` (counted within an image) maps value `j` of the
+/// plane to `act(v * scale[p][j % 16] + shift[p][j % 16])`, so NCHW passes a scale repeated over
+/// the 16 lanes and the blocked layout the block's 16 channels.
+#[allow(clippy::too_many_arguments)]
+pub fn concat_affine(
+    isa: crate::isa::Isa,
+    parts: &[&[f32]],
+    planes: &[usize],
+    plane_len: usize,
+    n: usize,
+    scale: &[[f32; 16]],
+    shift: &[[f32; 16]],
+    act: Option<crate::act::Activation>,
+) -> Result<Vec<f32>, KernelError> {
+    let total: usize = planes.iter().sum();
+    let sizes_ok = parts.len() == planes.len()
+        && parts
+            .iter()
+            .zip(planes)
+            .all(|(p, &k)| p.len() == n * k * plane_len);
+    if !sizes_ok || scale.len() != total || shift.len() != total {
+        return Err(shape_err(
+            "concat_affine",
+            "parts, planes and per-plane affine do not match",
+        ));
+    }
+    // (part, first plane of the part within an image) for each output plane of an image
+    let mut source = Vec::with_capacity(total);
+    for (k, &np) in planes.iter().enumerate() {
+        source.extend((0..np).map(|j| (k, j)));
+    }
+    let mut out = qvision_tensor::pool::take(n * total * plane_len);
+    out.par_chunks_mut(plane_len.max(1))
+        .enumerate()
+        .for_each(|(op, dst)| {
+            let (img, p) = (op / total, op % total);
+            let (k, j) = source[p];
+            let at = (img * planes[k] + j) * plane_len;
+            let src = &parts[k][at..at + plane_len];
+            // pieces small enough to stay in L1 between the affine map and the activation
+            for (d, s) in dst.chunks_mut(4096).zip(src.chunks(4096)) {
+                affine(isa, d, s, &scale[p], &shift[p]);
+                if let Some(a) = act {
+                    crate::act::apply_slice(isa, d, a);
+                }
+            }
+        });
+    Ok(out)
+}
+
+#[inline(always)]
+fn affine_body(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) {
+    let mut d16 = dst.chunks_exact_mut(16);
+    let mut s16 = src.chunks_exact(16);
+    for (d, x) in (&mut d16).zip(&mut s16) {
+        for l in 0..16 {
+            d[l] = x[l] * s[l] + t[l];
+        }
+    }
+    for (l, (d, x)) in d16
+        .into_remainder()
+        .iter_mut()
+        .zip(s16.remainder())
+        .enumerate()
+    {
+        *d = x * s[l] + t[l];
+    }
+}
+
+crate::isa::multiversion!(fn affine(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) => affine_body);
+
 /// Pixels per work item of [`layer_norm_2d`]'s statistics pass.
 const TILE: usize = 64;
 
@@ -106,33 +182,41 @@ pub fn layer_norm_2d(
             format!("{c} channels do not match the input or affine"),
         ));
     }
-    // per pixel: mean, 1 / std
-    let mut mean = vec![0.0f32; n * hw];
+    // per pixel: the mean as f32 hi + lo parts, and 1 / std
+    let mut hi = vec![0.0f32; n * hw];
+    let mut lo = vec![0.0f32; n * hw];
     let mut inv = vec![0.0f32; n * hw];
     {
         let x: &[f32] = x;
-        mean.par_chunks_mut(TILE)
+        hi.par_chunks_mut(TILE)
+            .zip(lo.par_chunks_mut(TILE))
             .zip(inv.par_chunks_mut(TILE))
             .enumerate()
-            .for_each(|(t, (m, iv))| {
+            .for_each(|(t, ((h, l), iv))| {
                 let p0 = t * TILE;
                 let stats = PixelStats { x, c, hw, p0, eps };
-                nchw_stats(isa, &stats, m, iv);
+                nchw_stats(
+                    isa,
+                    &stats,
+                    Moments {
+                        hi: h,
+                        lo: l,
+                        inv: iv,
+                    },
+                );
             });
     }
     x.par_chunks_mut(hw.max(1))
         .enumerate()
         .for_each(|(plane, row)| {
             let (img, ch) = (plane / c, plane % c);
-            let at = img * hw;
-            normalise(
-                isa,
-                row,
-                &mean[at..at + hw],
-                &inv[at..at + hw],
-                gamma[ch],
-                beta[ch],
-            );
+            let px = img * hw..(img + 1) * hw;
+            let m = Mean {
+                hi: &hi[px.clone()],
+                lo: &lo[px.clone()],
+                inv: &inv[px],
+            };
+            normalise(isa, row, &m, gamma[ch], beta[ch]);
         });
     Ok(())
 }
@@ -146,33 +230,60 @@ struct PixelStats<'a> {
     eps: f32,
 }
 
+/// Per-pixel statistics being written: the mean is summed in f64 and kept as `hi + lo` (two
+/// f32), so `(x - hi) - lo` centres a value accurately even when the channels barely differ
+/// (`x - hi` is exact there); then `1 / sqrt(var + eps)`.
+pub(crate) struct Moments<'a> {
+    pub hi: &'a mut [f32],
+    pub lo: &'a mut [f32],
+    pub inv: &'a mut [f32],
+}
+
+/// The statistics of a run of pixels, read back.
+pub(crate) struct Mean<'a> {
+    pub hi: &'a [f32],
+    pub lo: &'a [f32],
+    pub inv: &'a [f32],
+}
+
+/// `mean` as `hi + lo`.
 #[inline(always)]
-fn nchw_stats_body(s: &PixelStats<'_>, mean: &mut [f32], inv: &mut [f32]) {
-    let np = mean.len();
+pub(crate) fn split_mean(mean: f64) -> (f32, f32) {
+    let hi = mean as f32;
+    (hi, (mean - hi as f64) as f32)
+}
+
+#[inline(always)]
+fn nchw_stats_body(s: &PixelStats<'_>, m: Moments<'_>) {
+    let np = m.hi.len();
     let mut done = 0;
+    let mut acc = [0.0f64; TILE];
     // a tile may cross into the next image: handle each image's run separately
     while done < np {
         let p = s.p0 + done;
         let (img, px) = (p / s.hw, p % s.hw);
         let run = (s.hw - px).min(np - done);
         let base = img * s.c * s.hw + px;
-        let m = &mut mean[done..done + run];
-        let iv = &mut inv[done..done + run];
-        m.fill(0.0);
+        let a = &mut acc[..run];
+        a.fill(0.0);
+        for ch in 0..s.c {
+            let row = &s.x[base + ch * s.hw..][..run];
+            a.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+        }
+        let (hi, lo) = (&mut m.hi[done..done + run], &mut m.lo[done..done + run]);
+        for ((h, l), a) in hi.iter_mut().zip(lo.iter_mut()).zip(&*a) {
+            (*h, *l) = split_mean(a / s.c as f64);
+        }
+        let iv = &mut m.inv[done..done + run];
         iv.fill(0.0);
         for ch in 0..s.c {
             let row = &s.x[base + ch * s.hw..][..run];
-            m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            for (((a, v), h), l) in iv.iter_mut().zip(row).zip(&*hi).zip(&*lo) {
+                let d = (v - h) - l;
+                *a += d * d;
+            }
         }
         let rc = 1.0 / s.c as f32;
-        m.iter_mut().for_each(|a| *a *= rc);
-        for ch in 0..s.c {
-            let row = &s.x[base + ch * s.hw..][..run];
-            iv.iter_mut().zip(row).zip(&*m).for_each(|((a, v), mu)| {
-                let d = v - mu;
-                *a += d * d;
-            });
-        }
         iv.iter_mut()
             .for_each(|a| *a = 1.0 / (*a * rc + s.eps).sqrt());
         done += run;
@@ -180,14 +291,14 @@ fn nchw_stats_body(s: &PixelStats<'_>, mean: &mut [f32], inv: &mut [f32]) {
 }
 
 #[inline(always)]
-fn normalise_body(row: &mut [f32], mean: &[f32], inv: &[f32], g: f32, b: f32) {
-    for ((v, mu), iv) in row.iter_mut().zip(mean).zip(inv) {
-        *v = (*v - mu) * (iv * g) + b;
+fn normalise_body(row: &mut [f32], m: &Mean<'_>, g: f32, b: f32) {
+    for (((v, h), l), iv) in row.iter_mut().zip(m.hi).zip(m.lo).zip(m.inv) {
+        *v = ((*v - h) - l) * (iv * g) + b;
     }
 }
 
-crate::isa::multiversion!(fn nchw_stats(s: &PixelStats<'_>, mean: &mut [f32], inv: &mut [f32]) => nchw_stats_body);
-crate::isa::multiversion!(fn normalise(row: &mut [f32], mean: &[f32], inv: &[f32], g: f32, b: f32) => normalise_body);
+crate::isa::multiversion!(fn nchw_stats(s: &PixelStats<'_>, m: Moments<'_>) => nchw_stats_body);
+crate::isa::multiversion!(fn normalise(row: &mut [f32], m: &Mean<'_>, g: f32, b: f32) => normalise_body);
 
 #[cfg(test)]
 mod tests {
@@ -225,6 +336,36 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn concat_affine_is_concat_then_batch_norm_then_act(n in 1usize..3, c0 in 1usize..20, c1 in 1usize..20,
+                                                           hw in 1usize..70, act in 0usize..3, seed in any::<u64>()) {
+            let a = crate::reference::pseudo_random(n * c0 * hw, seed);
+            let b = crate::reference::pseudo_random(n * c1 * hw, seed ^ 1);
+            let c = c0 + c1;
+            let g = crate::reference::pseudo_random(c, seed ^ 2);
+            let beta = crate::reference::pseudo_random(c, seed ^ 3);
+            let mean = crate::reference::pseudo_random(c, seed ^ 4);
+            let var: Vec<f32> = crate::reference::pseudo_random(c, seed ^ 5).iter().map(|v| v.abs() + 0.1).collect();
+            let act = [None, Some(crate::Activation::Relu), Some(crate::Activation::Gelu)][act];
+            // reference: concat, batch norm, activation
+            let mut want = Vec::new();
+            for img in 0..n {
+                want.extend_from_slice(&a[img * c0 * hw..(img + 1) * c0 * hw]);
+                want.extend_from_slice(&b[img * c1 * hw..(img + 1) * c1 * hw]);
+            }
+            batch_norm(&mut want, n, c, hw, &g, &beta, &mean, &var, 1e-5).unwrap();
+            if let Some(f) = act { want.iter_mut().for_each(|v| *v = f.apply_scalar(*v)); }
+            let (sc, sh) = batch_norm_affine(&g, &beta, &mean, &var, 1e-5);
+            let scale: Vec<[f32; 16]> = sc.iter().map(|&v| [v; 16]).collect();
+            let shift: Vec<[f32; 16]> = sh.iter().map(|&v| [v; 16]).collect();
+            for isa in crate::isa::available() {
+                let y = concat_affine(isa, &[&a, &b], &[c0, c1], hw, n, &scale, &shift, act).unwrap();
+                for (p, q) in y.iter().zip(&want) {
+                    prop_assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{:?}: {} vs {}", isa, p, q);
+                }
+            }
+        }
+
         #[test]
         fn layer_norm_2d_matches_naive(n in 1usize..3, c in 1usize..40, hw in 1usize..150, seed in any::<u64>()) {
             let x: Vec<f32> = crate::reference::pseudo_random(n * c * hw, seed).iter().map(|v| v * 3.0 + 1.0).collect();

@@ -534,10 +534,10 @@ impl<'a> Ex<'a> {
                 let s = self.shape(n.inputs[0], name)?;
                 self.shuffle(ins[0].clone(), &s, *groups, name)
             }
-            Op::ToBlocked | Op::FromBlocked { .. } | Op::ConvBlocked { .. } => {
+            Op::ToBlocked | Op::FromBlocked { .. } | Op::ConvBlocked { .. } | Op::ConcatNorm { .. } => {
                 return Err(self.err(
                     name,
-                    "blocked-layout ops are internal; export the graph before the layout pass",
+                    "runtime-fused and blocked-layout ops are internal; export the graph before the session's passes",
                 ))
             }
             Op::Q(_) => unreachable!("handled by q_node"),

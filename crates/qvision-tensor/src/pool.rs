@@ -49,8 +49,26 @@ fn take_from<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T>
             }
             v
         }
-        None => vec![T::default(); len],
+        None => {
+            // capacity rounded up to a size class (steps of 2^(1/4), at most 19 % more), so a
+            // slightly larger request later (DenseNet's growing concatenations) still fits
+            let mut v = Vec::with_capacity(size_class(len));
+            v.resize(len, T::default());
+            v
+        }
     }
+}
+
+/// The smallest `2^(k/4)`-step size (rounded up to whole 4 KiB of f32) that holds `len`.
+fn size_class(len: usize) -> usize {
+    if len < 1024 {
+        return len;
+    }
+    let mut c = 1024f64;
+    while (c as usize) < len {
+        c *= std::f64::consts::SQRT_2.sqrt();
+    }
+    (c as usize).div_ceil(1024) * 1024
 }
 
 /// A zero-filled buffer of `len` values.

@@ -5,7 +5,9 @@
 //! prepare, convert) will live beside these.
 
 mod channels_last;
+mod concat_norm;
 pub use channels_last::sink_channels_last;
+pub use concat_norm::fuse_concat_norm;
 
 use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
 use crate::op::Op;
@@ -348,6 +350,14 @@ fn fold_bn(
     ))
 }
 
+/// The concatenated inputs of a `Concat` or `ConcatNorm` (the latter ends in four BN tensors).
+fn concat_parts(n: &Node) -> usize {
+    match n.op {
+        Op::ConcatNorm { .. } => n.inputs.len().saturating_sub(4),
+        _ => n.inputs.len(),
+    }
+}
+
 /// How a value of the input graph is available in the rewritten one.
 #[derive(Clone, Copy)]
 enum Repr {
@@ -492,18 +502,18 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
                 let x = blocked(&mut out, &repr, &mut to_b, node.inputs[0]);
                 out.push_node(node.name.clone(), Op::Q(op), vec![x], node.outputs.clone());
             }
-            Op::Concat { axis: 1 }
-                if node
-                    .inputs
+            Op::Concat { axis: 1 } | Op::ConcatNorm { .. }
+                if node.inputs[..concat_parts(node)]
                     .iter()
                     .all(|&v| is_blocked(&repr, v) && channels(&repr, v) % 16 == 0) =>
             {
-                let c = node.inputs.iter().map(|&v| channels(&repr, v)).sum();
-                let ins: Vec<ValueId> = node
-                    .inputs
+                let k = concat_parts(node);
+                let c = node.inputs[..k].iter().map(|&v| channels(&repr, v)).sum();
+                let mut ins: Vec<ValueId> = node.inputs[..k]
                     .iter()
                     .map(|&v| blocked(&mut out, &repr, &mut to_b, v))
                     .collect();
+                ins.extend_from_slice(&node.inputs[k..]);
                 let o = rename(&mut out);
                 push(&mut out, node.name.clone(), node.op.clone(), ins, o);
                 repr.insert(o0, Repr::Blocked(o, c));

@@ -3,6 +3,7 @@
 
 use super::{blocks, B};
 use crate::isa::Isa;
+use crate::norm::{split_mean, Mean, Moments};
 use crate::{shape_err, KernelError};
 use rayon::prelude::*;
 
@@ -29,14 +30,16 @@ pub fn layer_norm_2d(
             format!("{c} channels do not match the input or affine"),
         ));
     }
-    let mut mean = vec![0.0f32; n * hw];
+    let mut hi = vec![0.0f32; n * hw];
+    let mut lo = vec![0.0f32; n * hw];
     let mut inv = vec![0.0f32; n * hw];
     {
         let x: &[f32] = x;
-        mean.par_chunks_mut(TILE)
+        hi.par_chunks_mut(TILE)
+            .zip(lo.par_chunks_mut(TILE))
             .zip(inv.par_chunks_mut(TILE))
             .enumerate()
-            .for_each(|(t, (m, iv))| {
+            .for_each(|(t, ((h, l), iv))| {
                 let s = Stats {
                     x,
                     c,
@@ -44,7 +47,15 @@ pub fn layer_norm_2d(
                     p0: t * TILE,
                     eps,
                 };
-                stats(isa, &s, m, iv);
+                stats(
+                    isa,
+                    &s,
+                    Moments {
+                        hi: h,
+                        lo: l,
+                        inv: iv,
+                    },
+                );
             });
     }
     // gamma and beta padded with zeros: padding lanes come out zero
@@ -56,10 +67,15 @@ pub fn layer_norm_2d(
         .enumerate()
         .for_each(|(plane, dst)| {
             let (img, blk) = (plane / cb, plane % cb);
-            let at = img * hw;
+            let px = img * hw..(img + 1) * hw;
+            let m = Mean {
+                hi: &hi[px.clone()],
+                lo: &lo[px.clone()],
+                inv: &inv[px],
+            };
             let gb: &[f32; B] = g[blk * B..][..B].try_into().expect("16 lanes");
             let bb: &[f32; B] = b[blk * B..][..B].try_into().expect("16 lanes");
-            normalise(isa, dst, &mean[at..at + hw], &inv[at..at + hw], gb, bb);
+            normalise(isa, dst, &m, gb, bb);
         });
     Ok(())
 }
@@ -73,39 +89,57 @@ struct Stats<'a> {
     eps: f32,
 }
 
+/// Mean (summed in f64, kept as f32 `hi + lo`) and `1 / std` per pixel, as the NCHW kernel.
 #[inline(always)]
-fn stats_body(s: &Stats<'_>, mean: &mut [f32], inv: &mut [f32]) {
+fn stats_body(s: &Stats<'_>, m: Moments<'_>) {
     let cb = blocks(s.c);
     // lanes of the last block that hold channels
     let last = s.c - (cb - 1) * B;
     let rc = 1.0 / s.c as f32;
-    for (i, (m, iv)) in mean.iter_mut().zip(inv.iter_mut()).enumerate() {
+    for (i, ((h, l), iv)) in
+        m.hi.iter_mut()
+            .zip(m.lo.iter_mut())
+            .zip(m.inv.iter_mut())
+            .enumerate()
+    {
         let p = s.p0 + i;
         let (img, px) = (p / s.hw, p % s.hw);
         let at = |blk: usize| ((img * cb + blk) * s.hw + px) * B;
-        let mut acc = [0.0f32; B];
+        let mut acc = [0.0f64; B];
         for blk in 0..cb {
             let v: &[f32; B] = s.x[at(blk)..][..B].try_into().expect("16 lanes");
-            acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
+            acc.iter_mut().zip(v).for_each(|(a, &v)| *a += v as f64);
         }
-        let mu = hsum(acc) * rc;
+        let (mh, ml) = split_mean(hsum(acc) / s.c as f64);
         let mut sq = [0.0f32; B];
         for blk in 0..cb {
             let v: &[f32; B] = s.x[at(blk)..][..B].try_into().expect("16 lanes");
             let lanes = if blk + 1 == cb { last } else { B };
-            for (l, (a, v)) in sq.iter_mut().zip(v).enumerate() {
-                let d = if l < lanes { v - mu } else { 0.0 };
+            for (lane, (a, v)) in sq.iter_mut().zip(v).enumerate() {
+                let d = if lane < lanes { (v - mh) - ml } else { 0.0 };
                 *a += d * d;
             }
         }
-        *m = mu;
+        (*h, *l) = (mh, ml);
         *iv = 1.0 / (hsum(sq) * rc + s.eps).sqrt();
     }
 }
 
+#[inline(always)]
+fn normalise_body(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) {
+    for (((px, h), lo), iv) in dst.chunks_exact_mut(B).zip(m.hi).zip(m.lo).zip(m.inv) {
+        for l in 0..B {
+            px[l] = ((px[l] - h) - lo) * (iv * g[l]) + b[l];
+        }
+    }
+}
+
+crate::isa::multiversion!(fn stats(s: &Stats<'_>, m: Moments<'_>) => stats_body);
+crate::isa::multiversion!(fn normalise(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) => normalise_body);
+
 /// The sum of 16 lanes as a tree (4 dependent adds, not 15).
 #[inline(always)]
-fn hsum(mut a: [f32; B]) -> f32 {
+fn hsum<T: Copy + std::ops::AddAssign>(mut a: [T; B]) -> T {
     let mut n = B / 2;
     while n > 0 {
         for l in 0..n {
@@ -115,18 +149,6 @@ fn hsum(mut a: [f32; B]) -> f32 {
     }
     a[0]
 }
-
-#[inline(always)]
-fn normalise_body(dst: &mut [f32], mean: &[f32], inv: &[f32], g: &[f32; B], b: &[f32; B]) {
-    for ((px, mu), iv) in dst.chunks_exact_mut(B).zip(mean).zip(inv) {
-        for l in 0..B {
-            px[l] = (px[l] - mu) * (iv * g[l]) + b[l];
-        }
-    }
-}
-
-crate::isa::multiversion!(fn stats(s: &Stats<'_>, mean: &mut [f32], inv: &mut [f32]) => stats_body);
-crate::isa::multiversion!(fn normalise(dst: &mut [f32], mean: &[f32], inv: &[f32], g: &[f32; B], b: &[f32; B]) => normalise_body);
 
 #[cfg(test)]
 mod tests {

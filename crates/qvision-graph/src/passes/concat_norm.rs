@@ -1,0 +1,162 @@
+//! Fuse `Concat(axis 1) -> BatchNorm2d -> activation` (each value read once) into one
+//! [`Op::ConcatNorm`]: DenseNet normalises the concatenation of all earlier features before
+//! every layer, and the fused op writes the normalised concatenation in one pass instead of a
+//! copy, a BatchNorm pass and an activation pass. Run after
+//! [`super::optimize_for_inference`] (BatchNorms that fold into a conv are gone by then).
+
+use crate::ir::{Graph, ValueId};
+use crate::op::Op;
+use std::collections::{HashMap, HashSet};
+
+/// The graph with every fusable concat-norm(-act) chain as one node.
+pub fn fuse_concat_norm(g: &Graph) -> Graph {
+    let uses = g.use_counts();
+    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    // values read exactly once, by a node that is not a graph output
+    let single = |v: ValueId| uses[v.0] == 1 && !outputs.contains(&v);
+    let mut producer: HashMap<ValueId, usize> = HashMap::new();
+    let mut reader: HashMap<ValueId, usize> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &o in &n.outputs {
+            producer.insert(o, i);
+        }
+        for &v in &n.inputs {
+            reader.insert(v, i);
+        }
+    }
+    // node index -> the fused node that replaces it; fused-away nodes are skipped
+    let mut replace = HashMap::new();
+    let mut skip = HashSet::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Op::BatchNorm2d { eps } = n.op else {
+            continue;
+        };
+        let x = n.inputs[0];
+        let Some(&ci) = producer.get(&x) else {
+            continue;
+        };
+        if !single(x) || !matches!(g.nodes[ci].op, Op::Concat { axis: 1 }) {
+            continue;
+        }
+        let y = n.outputs[0];
+        let act = reader
+            .get(&y)
+            .filter(|_| single(y))
+            .and_then(|&ai| match g.nodes[ai].op {
+                Op::Act(a) => Some((ai, a)),
+                _ => None,
+            });
+        let mut inputs = g.nodes[ci].inputs.clone();
+        inputs.extend_from_slice(&n.inputs[1..]);
+        let (at, output, act) = match act {
+            Some((ai, a)) => (ai, g.nodes[ai].outputs[0], Some(a)),
+            None => (i, y, None),
+        };
+        skip.extend([ci, i]);
+        skip.remove(&at);
+        let node = (n.name.clone(), Op::ConcatNorm { eps, act }, inputs, output);
+        replace.insert(at, node);
+    }
+    let mut out = Graph {
+        name: g.name.clone(),
+        values: g.values.clone(),
+        nodes: Vec::with_capacity(g.nodes.len()),
+        inputs: g.inputs.clone(),
+        outputs: g.outputs.clone(),
+        tensors: g.tensors.clone(),
+    };
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let Some((name, op, inputs, output)) = replace.remove(&i) {
+            out.push_node(name, op, inputs, vec![output]);
+        } else if !skip.contains(&i) {
+            out.push_node(
+                n.name.clone(),
+                n.op.clone(),
+                n.inputs.clone(),
+                n.outputs.clone(),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::Conv;
+    use crate::{weights, GraphBuilder, Session, SessionOptions};
+    use qvision_kernels::Activation;
+    use qvision_tensor::Tensor;
+
+    /// Two dense layers (concat -> BN -> ReLU -> conv), a concat whose BN has no activation
+    /// after it, and one whose concatenation is also read elsewhere (not fused).
+    fn graph(c0: usize) -> Graph {
+        let mut b = GraphBuilder::new("dense");
+        let x = b.input("input", &[2, c0, 7, 6]);
+        let mut feats = vec![x];
+        let mut c = c0;
+        for i in 0..2 {
+            let cat = b.concat(&format!("l{i}.cat"), &feats, 1);
+            let y = b.batch_norm(&format!("l{i}.norm"), cat, c);
+            let y = b.act(&format!("l{i}.relu"), y, Activation::Relu);
+            let y = b.conv2d(&format!("l{i}.conv"), y, Conv::new(c, 32, 3).pad(1));
+            feats.push(y);
+            c += 32;
+        }
+        let cat = b.concat("tail.cat", &feats, 1);
+        let y = b.batch_norm("tail.norm", cat, c);
+        let side = b.concat("side.cat", &feats[1..], 1);
+        let z = b.batch_norm("side.norm", side, 64);
+        let z = b.add("side.add", z, side);
+        b.finish(&[y, z])
+    }
+
+    #[test]
+    fn fused_graph_runs_like_the_original() {
+        for c0 in [16, 20] {
+            let mut g = graph(c0);
+            weights::init_formula(&mut g);
+            let opt = crate::passes::optimize_for_inference(&g).unwrap();
+            let fused = fuse_concat_norm(&opt);
+            let kinds: Vec<&str> = fused.nodes.iter().map(|n| n.op.kind()).collect();
+            assert_eq!(
+                kinds.iter().filter(|k| **k == "ConcatNorm").count(),
+                3,
+                "{kinds:?}"
+            );
+            assert_eq!(
+                kinds.iter().filter(|k| **k == "Concat").count(),
+                1,
+                "{kinds:?}"
+            );
+            assert!(!kinds.contains(&"ReLU"), "{kinds:?}");
+            let x = Tensor::from_f32(
+                vec![2, c0, 7, 6],
+                qvision_kernels::reference::pseudo_random(2 * c0 * 42, 3),
+            )
+            .unwrap();
+            let plain = SessionOptions {
+                optimize: false,
+                ..Default::default()
+            };
+            let want = Session::new(&g, plain)
+                .unwrap()
+                .run(vec![x.clone()])
+                .unwrap();
+            for blocked in [false, true] {
+                let opts = SessionOptions {
+                    blocked: Some(blocked),
+                    ..Default::default()
+                };
+                let s = Session::new(&g, opts).unwrap();
+                let got = s.run(vec![x.clone()]).unwrap();
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a.shape(), b.shape());
+                    for (p, q) in a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()) {
+                        assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+                    }
+                }
+            }
+        }
+    }
+}
