@@ -90,6 +90,8 @@ struct Stats<'a> {
 }
 
 /// Mean (summed in f64, kept as f32 `hi + lo`) and `1 / std` per pixel, as the NCHW kernel.
+/// The portable reference; AVX-512 runs [`x86::stats`] (written with intrinsics: compiled from
+/// this loop, the per-pixel broadcasts made the vectoriser gather across pixels).
 #[inline(always)]
 fn stats_body(s: &Stats<'_>, m: Moments<'_>) {
     let cb = blocks(s.c);
@@ -134,8 +136,102 @@ fn normalise_body(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) {
     }
 }
 
-crate::isa::multiversion!(fn stats(s: &Stats<'_>, m: Moments<'_>) => stats_body);
-crate::isa::multiversion!(fn normalise(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) => normalise_body);
+crate::isa::multiversion!(fn stats_portable(s: &Stats<'_>, m: Moments<'_>) => stats_body);
+crate::isa::multiversion!(fn normalise_portable(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) => normalise_body);
+
+fn stats(isa: Isa, s: &Stats<'_>, m: Moments<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `isa` never exceeds `isa::best()`, which detected AVX-512F.
+        return unsafe { x86::stats(s, m) };
+    }
+    stats_portable(isa, s, m)
+}
+
+fn normalise(isa: Isa, dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: as above.
+        return unsafe { x86::normalise(dst, m, g, b) };
+    }
+    normalise_portable(isa, dst, m, g, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX-512 forms of [`super::stats_body`] and [`super::normalise_body`]: one pixel's 16
+    //! lanes per vector, its scalars broadcast. Every load and store goes through a checked
+    //! 16-value slice.
+    use super::{blocks, split_mean, Mean, Moments, Stats, B};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn lanes(v: &[f32]) -> &[f32; B] {
+        v[..B].try_into().expect("16 lanes")
+    }
+
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn stats(s: &Stats<'_>, m: Moments<'_>) {
+        let cb = blocks(s.c);
+        let last = s.c - (cb - 1) * B;
+        let last_mask: __mmask16 = if last == B {
+            0xffff
+        } else {
+            (1u16 << last) - 1
+        };
+        let rc = 1.0 / s.c as f32;
+        for (i, ((h, l), iv)) in
+            m.hi.iter_mut()
+                .zip(m.lo.iter_mut())
+                .zip(m.inv.iter_mut())
+                .enumerate()
+        {
+            let p = s.p0 + i;
+            let (img, px) = (p / s.hw, p % s.hw);
+            let at = |blk: usize| ((img * cb + blk) * s.hw + px) * B;
+            let (mut a0, mut a1) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            for blk in 0..cb {
+                // SAFETY: 16 values of a checked slice.
+                let v = unsafe { _mm512_loadu_ps(lanes(&s.x[at(blk)..]).as_ptr()) };
+                let lo = _mm512_castps512_ps256(v);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(lo));
+                a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(hi));
+            }
+            let (mh, ml) = split_mean(_mm512_reduce_add_pd(_mm512_add_pd(a0, a1)) / s.c as f64);
+            let (vh, vl) = (_mm512_set1_ps(mh), _mm512_set1_ps(ml));
+            let mut sq = _mm512_setzero_ps();
+            for blk in 0..cb {
+                // SAFETY: 16 values of a checked slice.
+                let v = unsafe { _mm512_loadu_ps(lanes(&s.x[at(blk)..]).as_ptr()) };
+                let d = _mm512_sub_ps(_mm512_sub_ps(v, vh), vl);
+                let mask = if blk + 1 == cb { last_mask } else { 0xffff };
+                let d = _mm512_maskz_mov_ps(mask, d);
+                sq = _mm512_fmadd_ps(d, d, sq);
+            }
+            (*h, *l) = (mh, ml);
+            *iv = 1.0 / (_mm512_reduce_add_ps(sq) * rc + s.eps).sqrt();
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn normalise(dst: &mut [f32], m: &Mean<'_>, g: &[f32; B], b: &[f32; B]) {
+        // SAFETY: 16 values each.
+        let (gv, bv) = unsafe { (_mm512_loadu_ps(g.as_ptr()), _mm512_loadu_ps(b.as_ptr())) };
+        for (((px, &h), &l), &iv) in dst.chunks_exact_mut(B).zip(m.hi).zip(m.lo).zip(m.inv) {
+            // SAFETY: 16 values.
+            let x = unsafe { _mm512_loadu_ps(px.as_ptr()) };
+            let k = _mm512_mul_ps(_mm512_set1_ps(iv), gv);
+            let d = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_set1_ps(h)), _mm512_set1_ps(l));
+            // SAFETY: 16 values (a `chunks_exact` chunk).
+            unsafe { _mm512_storeu_ps(px.as_mut_ptr(), _mm512_fmadd_ps(d, k, bv)) };
+        }
+    }
+}
 
 /// The sum of 16 lanes as a tree (4 dependent adds, not 15).
 #[inline(always)]

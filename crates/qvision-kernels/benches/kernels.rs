@@ -1,0 +1,158 @@
+//! Kernel micro-benchmarks: `cargo bench -p qvision-kernels --bench kernels [-- FILTER]`.
+//!
+//! Each case runs the blocked fp32 kernels on one layer shape from the zoo, single-threaded and
+//! on every core, and prints the median time and GFLOP/s with the ISA in use. Numbers are for
+//! comparing kernel changes on one machine in one run; model-level comparisons against other
+//! runtimes are `qvision bench` and `scripts/bench-vs-peers`.
+
+use qvision_kernels::act::Activation;
+use qvision_kernels::blocked::conv::BlockedConv;
+use qvision_kernels::blocked::{blocks, norm as bnorm, B};
+use qvision_kernels::conv::Conv2dParams;
+use qvision_kernels::isa;
+use std::time::Instant;
+
+/// Median seconds of `f` over enough runs to fill ~0.3 s.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().as_secs_f64().max(1e-6);
+    let runs = ((0.3 / once) as usize).clamp(5, 2000);
+    let mut v: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Case {
+    name: String,
+    flops: f64,
+    run: Box<dyn Fn() + Sync>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    groups: usize,
+    hw: usize,
+    act: Option<Activation>,
+) -> Case {
+    let p = Conv2dParams {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    };
+    let w = qvision_kernels::reference::pseudo_random(p.weight_len(), 1);
+    let b = qvision_kernels::reference::pseudo_random(cout, 2);
+    let c = BlockedConv::new(p, &w, Some(&b)).expect("blocked geometry");
+    let x = qvision_kernels::reference::pseudo_random(blocks(cin) * hw * hw * B, 3);
+    let (oh, ow) = p.output_size(hw, hw).expect("geometry");
+    let flops = 2.0 * (cout * oh * ow * (cin / groups) * k * k) as f64;
+    Case {
+        name: format!("{name} {cin}->{cout} k{k} s{s} g{groups} {hw}x{hw}"),
+        flops,
+        run: Box::new(move || {
+            let (y, _, _) = c.run(&x, 1, hw, hw, None, act).expect("run");
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
+fn layer_norm(c: usize, hw: usize) -> Case {
+    let g = qvision_kernels::reference::pseudo_random(c, 1);
+    let b = qvision_kernels::reference::pseudo_random(c, 2);
+    let x = qvision_kernels::reference::pseudo_random(blocks(c) * hw * hw * B, 3);
+    Case {
+        name: format!("layer_norm_2d {c} {hw}x{hw}"),
+        flops: 0.0,
+        run: Box::new(move || {
+            // in place over a pooled copy (a fresh clone would time page faults)
+            let mut y = qvision_tensor::pool::take(x.len());
+            y.copy_from_slice(&x);
+            bnorm::layer_norm_2d(isa::current(), &mut y, 1, c, hw * hw, &g, &b, 1e-6).expect("run");
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let relu6 = Some(Activation::Relu6);
+    let cases = vec![
+        conv("mnv2 expand", 24, 144, 1, 1, 1, 56, relu6),
+        conv("mnv2 project", 144, 24, 1, 1, 1, 56, None),
+        conv("mnv2 expand", 32, 192, 1, 1, 1, 28, relu6),
+        conv("mnv2 project", 192, 32, 1, 1, 1, 28, None),
+        conv("mnv2 expand", 96, 576, 1, 1, 1, 14, relu6),
+        conv("mnv2 dw", 144, 144, 3, 1, 144, 56, relu6),
+        conv("mnv2 dw", 192, 192, 3, 1, 192, 28, relu6),
+        conv("mnv2 dw", 576, 576, 3, 1, 576, 14, relu6),
+        conv("mnv2 dw", 960, 960, 3, 1, 960, 7, relu6),
+        conv("resnet 3x3", 64, 64, 3, 1, 1, 56, Some(Activation::Relu)),
+        conv("resnet 3x3", 512, 512, 3, 1, 1, 7, Some(Activation::Relu)),
+        conv(
+            "resnext grouped",
+            128,
+            128,
+            3,
+            1,
+            32,
+            56,
+            Some(Activation::Relu),
+        ),
+        conv("densenet 3x3", 128, 32, 3, 1, 1, 14, None),
+        conv("convnext dw", 96, 96, 7, 1, 96, 56, None),
+        conv(
+            "convnext expand",
+            96,
+            384,
+            1,
+            1,
+            1,
+            56,
+            Some(Activation::Gelu),
+        ),
+        layer_norm(96, 56),
+        layer_norm(768, 7),
+    ];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "ISA {:?}; median of runs; 1 thread and {threads} threads",
+        isa::current()
+    );
+    for c in cases
+        .iter()
+        .filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str())))
+    {
+        let mut row = format!("{:<44}", c.name);
+        for t in [1, threads] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("pool");
+            let s = pool.install(|| time(|| (c.run)()));
+            row += &format!(" | {:>8.1} us", s * 1e6);
+            if c.flops > 0.0 {
+                row += &format!(" {:>6.1} GFLOP/s", c.flops / s * 1e-9);
+            }
+        }
+        println!("{row}");
+    }
+}
