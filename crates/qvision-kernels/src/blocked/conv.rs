@@ -52,6 +52,9 @@ struct Geom {
     x0: usize,
     /// Channels per group of a [`Kind::Grouped`] conv (0 otherwise).
     cg: usize,
+    /// Input channels in the last of the `ib` input blocks of a dense conv (16 when full): the
+    /// zero-padded rest is skipped (MobileNetV2's 24 channels are 1.5 blocks).
+    last: usize,
 }
 
 /// What the dense kernels apply while storing a run: `acc + residual`, then a clamp
@@ -269,6 +272,7 @@ impl BlockedConv {
                             ow: dst.len() / B,
                             x0: c * CHUNK,
                             cg: 0,
+                            last: B,
                         };
                         let off = r * row + c * CHUNK * B;
                         let res = residual.map(|rs| &rs[off..off + dst.len()]);
@@ -289,7 +293,8 @@ impl BlockedConv {
                                 let plane = hp * wp * B;
                                 let xn =
                                     &xp[(nn * ib + ib0) * plane..(nn * ib + ib0 + ibg) * plane];
-                                let g = Geom { ib: ibg, ..g };
+                                let last = p.in_channels / p.groups - (ibg - 1) * B;
+                                let g = Geom { ib: ibg, last, ..g };
                                 dense_row(isa, p, &g, xn, wo, bias, oy, dst, fuse);
                             }
                             Kind::Grouped { w, cg } => {
@@ -432,7 +437,8 @@ fn dense_row_body<const FMA: bool>(
                 for kx in 0..kw {
                     let wk = &w[((ib * kh + ky) * kw + kx) * B * B
                         ..((ib * kh + ky) * kw + kx + 1) * B * B];
-                    for ic in 0..B {
+                    let lanes = if ib + 1 == g.ib { g.last } else { B };
+                    for ic in 0..lanes {
                         let wv: &[f32; B] = wk[ic * B..(ic + 1) * B].try_into().expect("16 lanes");
                         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
                             let xv = row[((g.x0 + ox0 + pi) * sw + kx * dw) * B + ic];
@@ -738,12 +744,14 @@ mod x86 {
         let xp = x.as_ptr();
         let wp_ = w.as_ptr();
         for ib in 0..g.ib {
+            // the zero-padded lanes of a partial last block are skipped
+            let lanes = if ib + 1 == g.ib { g.last } else { B };
             for ky in 0..kh {
                 let row = (ib * g.hp + oy * sh + ky * dh) * g.wp * B;
                 for kx in 0..kw {
                     let wk = ((ib * kh + ky) * kw + kx) * B * B;
                     let base = row + ((g.x0 + ox0) * sw + kx * dw) * B;
-                    for ic in 0..B {
+                    for ic in 0..lanes {
                         // SAFETY: weight (ib, ky, kx, ic) lies in `w` (checked size).
                         let wv = unsafe { _mm512_loadu_ps(wp_.add(wk + ic * B)) };
                         for (pi, a) in acc.iter_mut().enumerate() {
