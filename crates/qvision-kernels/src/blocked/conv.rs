@@ -327,9 +327,12 @@ impl BlockedConv {
                                     x0: c * CHUNK,
                                     lo,
                                     hi,
+                                    // a clamp goes in the store unless a residual comes first
+                                    clamp: clamp.filter(|_| res.is_none()),
                                 };
                                 super::dw::row(isa, &row, dst);
-                                finish_chunk(isa, dst, res, act);
+                                let left = act.filter(|_| row.clamp.is_none());
+                                finish_chunk(isa, dst, res, left);
                                 return;
                             }
                         }

@@ -22,6 +22,8 @@ pub(crate) struct DwRow<'a> {
     /// Output columns `[lo, hi)` whose taps are all inside the row horizontally.
     pub lo: usize,
     pub hi: usize,
+    /// ReLU / ReLU6 applied as the outputs are stored (`(lo, hi)`).
+    pub clamp: Option<(f32, f32)>,
 }
 
 /// Valid `(ky, iy)` taps of output row `oy`.
@@ -57,10 +59,13 @@ fn pixel_checked(r: &DwRow<'_>, ky_rows: &[(usize, usize)], ox: usize, out: &mut
             }
         }
     }
+    if let Some((lo, hi)) = r.clamp {
+        out.iter_mut().for_each(|v| *v = v.max(lo).min(hi));
+    }
 }
 
-/// Compute `dst` (this chunk's pixels) for one output row (bias only; the caller adds the
-/// residual and applies the activation).
+/// Compute `dst` (this chunk's pixels) for one output row: bias, then `r.clamp` (the caller adds
+/// a residual and applies any other activation).
 pub(crate) fn row(isa: Isa, r: &DwRow<'_>, dst: &mut [f32]) {
     let (ky_rows, nk) = rows(r);
     let ky_rows = &ky_rows[..nk];
@@ -132,9 +137,98 @@ mod x86 {
         run: usize,
         dst: &mut [f32],
     ) -> usize {
+        let p = r.p;
+        let n = super::super::run_len(run);
+        if p.stride[1] == 1 && p.dilation[1] == 1 {
+            // SAFETY (every arm): `N` is at most `run` (see `run_len`), the kernel `KW` wide.
+            match p.kernel[1] {
+                3 => return unsafe { super::super::by_run_len!(n, px_s1_3(r, ky_rows, ox, dst)) },
+                5 => return unsafe { super::super::by_run_len!(n, px_s1_5(r, ky_rows, ox, dst)) },
+                7 => return unsafe { super::super::by_run_len!(n, px_s1_7(r, ky_rows, ox, dst)) },
+                _ => {}
+            }
+        }
         // SAFETY (every arm): `N` is at most `run` (see `run_len`).
-        unsafe { super::super::by_run_len!(super::super::run_len(run), px(r, ky_rows, ox, dst)) }
+        unsafe { super::super::by_run_len!(n, px(r, ky_rows, ox, dst)) }
     }
+
+    /// Store a run's accumulators, clamped as `r.clamp` says.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `dst` holds `N * 16` values.
+    #[inline(always)]
+    unsafe fn store<const N: usize>(r: &DwRow<'_>, acc: &[__m512; N], dst: &mut [f32]) {
+        let clamp = r
+            .clamp
+            .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi)));
+        for (i, &a) in acc.iter().enumerate() {
+            let v = match clamp {
+                Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(a, lo), hi),
+                None => a,
+            };
+            // SAFETY: i < N, and dst holds N * 16 values.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(i * B), v) };
+        }
+    }
+
+    /// [`px`] for `KW` taps across at stride 1 (MobileNet's 3x3, EfficientNet's 5x5, ConvNeXt's
+    /// 7x7 depthwise): per kernel row the `N + KW - 1` input pixels are loaded once and shared by
+    /// the taps.
+    ///
+    /// # Safety
+    /// As [`interior`], with `N <= run`, a kernel `KW` wide, stride and dilation 1 across.
+    #[inline(always)]
+    unsafe fn px_s1<const N: usize, const KW: usize>(
+        r: &DwRow<'_>,
+        ky_rows: &[(usize, usize)],
+        ox: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let p = r.p;
+        // SAFETY: 16 floats.
+        let bv = unsafe { _mm512_loadu_ps(r.bias.as_ptr()) };
+        let mut acc = [bv; N];
+        let xp = r.x.as_ptr();
+        for &(ky, iy) in ky_rows {
+            let base = (iy * r.w + ox - p.padding[1]) * B;
+            let mut xs = [_mm512_setzero_ps(); 18];
+            for (j, v) in xs.iter_mut().enumerate().take(N + KW - 1) {
+                // SAFETY: input pixels ox - pad .. ox - pad + N + KW - 1 of row iy are the taps
+                // of pixels ox..ox + N, inside the row (checked by the caller).
+                *v = unsafe { _mm512_loadu_ps(xp.add(base + j * B)) };
+            }
+            for kx in 0..KW {
+                // SAFETY: weight (ky, kx) lies in `wk`.
+                let w = unsafe { _mm512_loadu_ps(r.wk.as_ptr().add((ky * KW + kx) * B)) };
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(xs[i + kx], w, *a);
+                }
+            }
+        }
+        // SAFETY: N <= run, and dst holds run * 16 values.
+        unsafe { store(r, &acc, dst) };
+        N
+    }
+
+    macro_rules! px_s1_kw {
+        ($($name:ident = $kw:literal),*) => {$(
+            /// [`px_s1`] for one kernel width.
+            ///
+            /// # Safety
+            /// As [`px_s1`].
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name<const N: usize>(
+                r: &DwRow<'_>,
+                ky_rows: &[(usize, usize)],
+                ox: usize,
+                dst: &mut [f32],
+            ) -> usize {
+                // SAFETY: forwarded from the caller.
+                unsafe { px_s1::<N, $kw>(r, ky_rows, ox, dst) }
+            }
+        )*};
+    }
+    px_s1_kw!(px_s1_3 = 3, px_s1_5 = 5, px_s1_7 = 7);
 
     /// # Safety
     /// As [`interior`], with `N <= run`.
@@ -165,10 +259,8 @@ mod x86 {
                 }
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            // SAFETY: i < N <= run, and dst holds run * 16 values.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(i * B), *a) };
-        }
+        // SAFETY: N <= run, and dst holds run * 16 values.
+        unsafe { store(r, &acc, dst) };
         N
     }
 }
