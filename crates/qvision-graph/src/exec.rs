@@ -70,7 +70,7 @@ impl Session {
                     && std::env::var("QVISION_LAYOUT").map_or(true, |v| v != "nchw")
             });
             if blocked {
-                passes::to_blocked_layout(&g)
+                passes::fuse_concat_norm_conv(&passes::to_blocked_layout(&g))
             } else {
                 g
             }
@@ -155,6 +155,7 @@ impl Session {
                 (
                     Op::Conv2d { .. }
                     | Op::ConvBlocked { .. }
+                    | Op::ConcatNormConv { .. }
                     | Op::Q(crate::qop::QOp::Conv2d { .. }),
                     Some(y),
                 ) if self.profile => 2.0 * node.op.macs(&[], &[y.shape().to_vec()]) as f64,
@@ -182,6 +183,7 @@ impl Session {
                     (
                         Op::Conv2d { params, .. }
                         | Op::ConvBlocked { params, .. }
+                        | Op::ConcatNormConv { params, .. }
                         | Op::Q(crate::qop::QOp::Conv2d { params, .. }),
                         _,
                     ) => format!(
@@ -296,6 +298,19 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
             Prepared::Blocked(
                 BlockedConv::new(*params, w, b)
                     .map_err(|e| GraphError::from_kernel(&n.name, "ConvBlocked", e))?,
+            )
+        }
+        Op::ConcatNormConv { params, bias, .. } => {
+            let k = n.inputs.len() - 1 - *bias as usize;
+            let w = f32_of(n.inputs[k])?;
+            let b = if *bias {
+                Some(f32_of(n.inputs[k + 1])?)
+            } else {
+                None
+            };
+            Prepared::Blocked(
+                BlockedConv::new(*params, w, b)
+                    .map_err(|e| GraphError::from_kernel(&n.name, "ConcatNormConv", e))?,
             )
         }
         Op::Linear { .. } => {
@@ -682,43 +697,49 @@ fn run_node(
                 .checked_sub(4)
                 .filter(|&k| k > 0)
                 .ok_or("too few inputs")?;
-            let parts: Vec<&Tensor> = ins[..k]
-                .iter()
-                .map(|&i| fetch(g, env, i))
-                .collect::<Result<_, _>>()?;
-            let p: Vec<&[f32]> = ins[k..]
-                .iter()
-                .map(|&i| fetch(g, env, i).and_then(f32s))
-                .collect::<Result<_, _>>()?;
-            let (scale, shift) = norm::batch_norm_affine(p[0], p[1], p[2], p[3], *eps);
-            let c = scale.len();
-            let s0 = parts[0].shape().to_vec();
-            let blocked = s0.len() == 5;
-            let (n, hw, lanes) = match s0[..] {
-                [n, _, h, w] => (n, h * w, 1),
-                [n, _, h, w, 16] => (n, h * w, 16),
-                _ => return Err(format!("input {s0:?} is neither NCHW nor blocked")),
-            };
-            let planes: Vec<usize> = parts.iter().map(|t| t.shape()[1]).collect();
-            let total: usize = planes.iter().sum();
-            if total * lanes < c || (total - 1) * lanes >= c {
-                return Err(format!("{total} channel planes do not hold {c} channels"));
-            }
-            // per output plane: 16 lanes of scale / shift (a block's channels, or one channel's)
-            let lane = |v: &[f32], p: usize| -> [f32; 16] {
-                std::array::from_fn(|l| {
-                    let ch = if blocked { p * 16 + l } else { p };
-                    v.get(ch).copied().unwrap_or(0.0)
-                })
-            };
-            let sv: Vec<[f32; 16]> = (0..total).map(|p| lane(&scale, p)).collect();
-            let tv: Vec<[f32; 16]> = (0..total).map(|p| lane(&shift, p)).collect();
-            let data: Vec<&[f32]> = parts.iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
+            let cn = ConcatNormArgs::fetch(g, env, &ins[..k + 4], *eps)?;
+            let data: Vec<&[f32]> = cn.parts.iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
             let isa = qvision_kernels::isa::current();
-            let y = norm::concat_affine(isa, &data, &planes, hw * lanes, n, &sv, &tv, *act)
+            let plane = cn.hw * if cn.blocked { 16 } else { 1 };
+            let y = norm::concat_affine(
+                isa, &data, &cn.planes, plane, cn.n, &cn.scale, &cn.shift, *act,
+            )
+            .map_err(ke)?;
+            one(tensor(cn.shape(), y)?)
+        }
+        (
+            Op::ConcatNormConv {
+                eps,
+                norm_act,
+                act,
+                bias,
+                ..
+            },
+            Prepared::Blocked(conv),
+        ) => {
+            let k = ins
+                .len()
+                .checked_sub(5 + *bias as usize)
+                .filter(|&k| k > 0)
+                .ok_or("too few inputs")?;
+            let cn = ConcatNormArgs::fetch(g, env, &ins[..k + 4], *eps)?;
+            if !cn.blocked || !conv.supports_concat_norm() {
+                return Err("expects blocked parts and a 1x1 conv".into());
+            }
+            let data: Vec<&[f32]> = cn.parts.iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
+            let input = blocked::conv::ConcatNormInput {
+                parts: &data,
+                blocks: &cn.planes,
+                scale: &cn.scale,
+                shift: &cn.shift,
+                act: *norm_act,
+            };
+            let isa = qvision_kernels::isa::current();
+            let y = conv
+                .run_concat_norm(isa, &input, cn.n, cn.hw, *act)
                 .map_err(ke)?;
-            let mut shape = s0;
-            shape[1] = total;
+            let mut shape = cn.shape();
+            shape[1] = blocked::blocks(conv.params().out_channels);
             one(tensor(shape, y)?)
         }
         (Op::Split { axis, sizes }, _) => {
@@ -746,7 +767,78 @@ fn run_node(
     }
 }
 
-/// Infer every value's shape for the given input shapes (params and consts use their own).
+/// The inputs of a concat-norm: the parts and, per output plane (a channel, or a block of 16),
+/// 16 lanes of the BatchNorm's scale and shift.
+struct ConcatNormArgs<'a> {
+    parts: Vec<&'a Tensor>,
+    planes: Vec<usize>,
+    blocked: bool,
+    n: usize,
+    hw: usize,
+    first: Vec<usize>,
+    scale: Vec<[f32; 16]>,
+    shift: Vec<[f32; 16]>,
+}
+
+impl<'a> ConcatNormArgs<'a> {
+    /// `ins`: the parts, then weight, bias, mean and var.
+    fn fetch(
+        g: &'a Graph,
+        env: &'a [Option<Tensor>],
+        ins: &[ValueId],
+        eps: f32,
+    ) -> Result<Self, String> {
+        let k = ins.len() - 4;
+        let parts: Vec<&Tensor> = ins[..k]
+            .iter()
+            .map(|&i| fetch(g, env, i))
+            .collect::<Result<_, _>>()?;
+        let p: Vec<&[f32]> = ins[k..]
+            .iter()
+            .map(|&i| fetch(g, env, i).and_then(f32s))
+            .collect::<Result<_, _>>()?;
+        let (scale, shift) = norm::batch_norm_affine(p[0], p[1], p[2], p[3], eps);
+        let c = scale.len();
+        let first = parts[0].shape().to_vec();
+        let (n, hw, blocked) = match first[..] {
+            [n, _, h, w] => (n, h * w, false),
+            [n, _, h, w, 16] => (n, h * w, true),
+            _ => return Err(format!("input {first:?} is neither NCHW nor blocked")),
+        };
+        let lanes = if blocked { 16 } else { 1 };
+        let planes: Vec<usize> = parts.iter().map(|t| t.shape()[1]).collect();
+        let total: usize = planes.iter().sum();
+        if total * lanes < c || (total - 1) * lanes >= c {
+            return Err(format!("{total} channel planes do not hold {c} channels"));
+        }
+        // per plane: 16 lanes of scale / shift (a block's channels, or one channel's)
+        let lane = |v: &[f32], p: usize| -> [f32; 16] {
+            std::array::from_fn(|l| {
+                let ch = if blocked { p * 16 + l } else { p };
+                v.get(ch).copied().unwrap_or(0.0)
+            })
+        };
+        Ok(ConcatNormArgs {
+            scale: (0..total).map(|p| lane(&scale, p)).collect(),
+            shift: (0..total).map(|p| lane(&shift, p)).collect(),
+            parts,
+            planes,
+            blocked,
+            n,
+            hw,
+            first,
+        })
+    }
+
+    /// The concatenation's shape.
+    fn shape(&self) -> Vec<usize> {
+        let mut s = self.first.clone();
+        s[1] = self.planes.iter().sum();
+        s
+    }
+}
+
+/// Infer every value's shape for the given input shapes (params and consts use their own)./// Infer every value's shape for the given input shapes (params and consts use their own).
 pub fn infer_shapes(
     g: &Graph,
     input_shapes: &[Vec<usize>],

@@ -46,6 +46,18 @@ pub enum Op {
         eps: f32,
         act: Option<Activation>,
     },
+    /// `[x1, .., xk, weight, bias, running_mean, running_var, conv_weight, conv_bias?]` (the conv
+    /// bias when `bias`), blocked:
+    /// a 1x1 `ConvBlocked` over a `ConcatNorm` it alone reads. The normalised concatenation is
+    /// staged per pixel tile and never written out. Made by
+    /// [`crate::passes::fuse_concat_norm_conv`] after the blocked-layout pass.
+    ConcatNormConv {
+        eps: f32,
+        norm_act: Option<Activation>,
+        params: Conv2dParams,
+        act: Option<Activation>,
+        bias: bool,
+    },
     /// `[x]` into `sizes.len()` outputs along `axis`.
     Split {
         axis: usize,
@@ -127,6 +139,7 @@ impl Op {
             },
             Op::Concat { .. } => "Concat",
             Op::ConcatNorm { .. } => "ConcatNorm",
+            Op::ConcatNormConv { .. } => "ConcatNormConv",
             Op::Split { .. } => "Split",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
@@ -334,6 +347,29 @@ impl Op {
                 }
                 vec![s]
             }
+            Op::ConcatNormConv {
+                eps,
+                norm_act,
+                params,
+                bias,
+                ..
+            } => {
+                want(6 + *bias as usize)?;
+                let k = ins.len() - 1 - *bias as usize;
+                let norm = Op::ConcatNorm {
+                    eps: *eps,
+                    act: *norm_act,
+                };
+                let s = norm.infer_shapes(&ins[..k])?.remove(0);
+                let conv = Op::ConvBlocked {
+                    params: *params,
+                    act: None,
+                    residual: false,
+                };
+                let mut conv_ins: Vec<&[usize]> = vec![&s];
+                conv_ins.extend_from_slice(&ins[k..]);
+                conv.infer_shapes(&conv_ins)?
+            }
             Op::Split { axis, sizes } => {
                 want(1)?;
                 let s = ins[0];
@@ -377,7 +413,7 @@ impl Op {
     /// Multiply-accumulates for one run with these input and output shapes.
     pub fn macs(&self, ins: &[&[usize]], outs: &[Vec<usize>]) -> u64 {
         match self {
-            Op::ConvBlocked { params, .. } => {
+            Op::ConvBlocked { params, .. } | Op::ConcatNormConv { params, .. } => {
                 let [n, _, oh, ow, _] =
                     <[usize; 5]>::try_from(outs[0].as_slice()).unwrap_or([0; 5]);
                 (n * params.out_channels

@@ -89,6 +89,75 @@ fn layer_norm(c: usize, hw: usize) -> Case {
     }
 }
 
+/// DenseNet's `conv1(relu(norm1(cat(features))))`: fused (`run_concat_norm`) or the
+/// concatenation written out first (`concat_affine`, then the conv).
+fn dense_layer(blocks_in: usize, hw: usize, fused: bool) -> Case {
+    use qvision_kernels::blocked::conv::ConcatNormInput;
+    let p = Conv2dParams {
+        in_channels: blocks_in * B,
+        out_channels: 128,
+        kernel: [1, 1],
+        stride: [1, 1],
+        padding: [0, 0],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let w = qvision_kernels::reference::pseudo_random(p.weight_len(), 1);
+    let b = qvision_kernels::reference::pseudo_random(128, 2);
+    let c = BlockedConv::new(p, &w, Some(&b)).expect("blocked geometry");
+    // the first part is the block's input, then 32-channel (2-block) features
+    let mut blocks = vec![blocks_in % 2 + 2];
+    while blocks.iter().sum::<usize>() < blocks_in {
+        blocks.push(2);
+    }
+    let parts: Vec<Vec<f32>> = blocks
+        .iter()
+        .map(|&nb| qvision_kernels::reference::pseudo_random(nb * hw * hw * B, 3))
+        .collect();
+    let scale = vec![[0.5f32; B]; blocks_in];
+    let shift = vec![[0.1f32; B]; blocks_in];
+    let relu = Some(Activation::Relu);
+    Case {
+        name: format!(
+            "densenet {} {}->128 {hw}x{hw}",
+            if fused { "fused" } else { "cat+conv" },
+            blocks_in * B
+        ),
+        flops: 2.0 * (128 * hw * hw * blocks_in * B) as f64,
+        run: Box::new(move || {
+            let refs: Vec<&[f32]> = parts.iter().map(|v| v.as_slice()).collect();
+            let isa = isa::current();
+            let y = if fused {
+                let input = ConcatNormInput {
+                    parts: &refs,
+                    blocks: &blocks,
+                    scale: &scale,
+                    shift: &shift,
+                    act: relu,
+                };
+                c.run_concat_norm(isa, &input, 1, hw * hw, relu)
+                    .expect("run")
+            } else {
+                let cat = qvision_kernels::norm::concat_affine(
+                    isa,
+                    &refs,
+                    &blocks,
+                    hw * hw * B,
+                    1,
+                    &scale,
+                    &shift,
+                    relu,
+                )
+                .expect("cat");
+                let (y, _, _) = c.run(&cat, 1, hw, hw, None, relu).expect("run");
+                qvision_tensor::pool::recycle(cat);
+                y
+            };
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -129,6 +198,24 @@ fn main() {
             56,
             Some(Activation::Gelu),
         ),
+        conv(
+            "densenet 1x1",
+            224,
+            128,
+            1,
+            1,
+            1,
+            56,
+            Some(Activation::Relu),
+        ),
+        dense_layer(14, 56, false),
+        dense_layer(14, 56, true),
+        dense_layer(30, 28, false),
+        dense_layer(30, 28, true),
+        dense_layer(62, 14, false),
+        dense_layer(62, 14, true),
+        dense_layer(62, 7, false),
+        dense_layer(62, 7, true),
         layer_norm(96, 56),
         layer_norm(768, 7),
     ];

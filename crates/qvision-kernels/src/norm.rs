@@ -126,15 +126,27 @@ pub fn concat_affine(
             let (k, j) = source[p];
             let at = (img * planes[k] + j) * plane_len;
             let src = &parts[k][at..at + plane_len];
-            // pieces small enough to stay in L1 between the affine map and the activation
-            for (d, s) in dst.chunks_mut(4096).zip(src.chunks(4096)) {
-                affine(isa, d, s, &scale[p], &shift[p]);
-                if let Some(a) = act {
-                    crate::act::apply_slice(isa, d, a);
-                }
-            }
+            affine_act(isa, dst, src, &scale[p], &shift[p], act);
         });
     Ok(out)
+}
+
+/// `dst = act(src * s[j % 16] + t[j % 16])`, in pieces small enough to stay in L1 between the
+/// affine map and the activation.
+pub(crate) fn affine_act(
+    isa: crate::isa::Isa,
+    dst: &mut [f32],
+    src: &[f32],
+    s: &[f32; 16],
+    t: &[f32; 16],
+    act: Option<crate::act::Activation>,
+) {
+    for (d, x) in dst.chunks_mut(4096).zip(src.chunks(4096)) {
+        affine(isa, d, x, s, t);
+        if let Some(a) = act {
+            crate::act::apply_slice(isa, d, a);
+        }
+    }
 }
 
 #[inline(always)]
@@ -156,7 +168,44 @@ fn affine_body(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) {
     }
 }
 
-crate::isa::multiversion!(fn affine(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) => affine_body);
+crate::isa::multiversion!(fn affine_portable(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) => affine_body);
+
+/// [`affine_body`]; AVX-512 in intrinsics (compiled from the loop, the vectoriser gathered
+/// across 16-value chunks).
+fn affine(isa: crate::isa::Isa, dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == crate::isa::Isa::Avx512 {
+        // SAFETY: `isa` never exceeds `isa::best()`, which detected AVX-512F.
+        return unsafe { x86::affine(dst, src, s, t) };
+    }
+    affine_portable(isa, dst, src, s, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn affine(dst: &mut [f32], src: &[f32], s: &[f32; 16], t: &[f32; 16]) {
+        // SAFETY: 16 values each.
+        let (sv, tv) = unsafe { (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(t.as_ptr())) };
+        let mut d16 = dst.chunks_exact_mut(16);
+        let mut x16 = src.chunks_exact(16);
+        for (d, x) in (&mut d16).zip(&mut x16) {
+            // SAFETY: `chunks_exact` chunks of 16 values.
+            unsafe {
+                let v = _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr()), sv, tv);
+                _mm512_storeu_ps(d.as_mut_ptr(), v);
+            }
+        }
+        let (d, x) = (d16.into_remainder(), x16.remainder());
+        for (l, (d, x)) in d.iter_mut().zip(x).enumerate() {
+            *d = x * s[l] + t[l];
+        }
+    }
+}
 
 /// Pixels per work item of [`layer_norm_2d`]'s statistics pass.
 const TILE: usize = 64;

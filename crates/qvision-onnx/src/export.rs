@@ -534,7 +534,8 @@ impl<'a> Ex<'a> {
                 let s = self.shape(n.inputs[0], name)?;
                 self.shuffle(ins[0].clone(), &s, *groups, name)
             }
-            Op::ToBlocked | Op::FromBlocked { .. } | Op::ConvBlocked { .. } | Op::ConcatNorm { .. } => {
+            Op::ToBlocked | Op::FromBlocked { .. } | Op::ConvBlocked { .. } | Op::ConcatNorm { .. }
+            | Op::ConcatNormConv { .. } => {
                 return Err(self.err(
                     name,
                     "runtime-fused and blocked-layout ops are internal; export the graph before the session's passes",

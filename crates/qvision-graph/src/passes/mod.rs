@@ -7,7 +7,7 @@
 mod channels_last;
 mod concat_norm;
 pub use channels_last::sink_channels_last;
-pub use concat_norm::fuse_concat_norm;
+pub use concat_norm::{fuse_concat_norm, fuse_concat_norm_conv};
 
 use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
 use crate::op::Op;

@@ -352,6 +352,181 @@ fn small_group(p: &Conv2dParams) -> Option<usize> {
     (g > 1 && p.out_channels / g == cg && matches!(cg, 2 | 4 | 8)).then_some(cg)
 }
 
+/// The input of [`BlockedConv::run_concat_norm`]: a channel concatenation of blocked parts,
+/// each channel mapped by an affine function and an activation (DenseNet's
+/// `relu(norm1(cat(features)))`), never written out whole.
+pub struct ConcatNormInput<'a> {
+    /// Each `[n][blocks[k]][hw][16]`.
+    pub parts: &'a [&'a [f32]],
+    pub blocks: &'a [usize],
+    /// Per input block of the concatenation: 16 lanes of scale and shift.
+    pub scale: &'a [[f32; B]],
+    pub shift: &'a [[f32; B]],
+    pub act: Option<Activation>,
+}
+
+thread_local! {
+    /// Per-thread staging tile of [`BlockedConv::run_concat_norm`].
+    static STAGE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl BlockedConv {
+    /// Whether [`BlockedConv::run_concat_norm`] can run this conv: a dense 1x1, stride 1,
+    /// unpadded conv over whole input blocks.
+    pub fn supports_concat_norm(&self) -> bool {
+        let p = &self.p;
+        matches!(self.kind, Kind::Dense { .. })
+            && p.groups == 1
+            && p.kernel == [1, 1]
+            && p.stride == [1, 1]
+            && p.padding == [0, 0]
+    }
+
+    /// This 1x1 conv over `input` (`hw` pixels per image), the concatenation normalised tile by
+    /// tile into a per-thread buffer that the output blocks then read: the normalised
+    /// concatenation is never written to memory. `act` as for [`BlockedConv::run`].
+    pub fn run_concat_norm(
+        &self,
+        isa: Isa,
+        input: &ConcatNormInput<'_>,
+        n: usize,
+        hw: usize,
+        act: Option<Activation>,
+    ) -> Result<Vec<f32>, KernelError> {
+        let p = &self.p;
+        let ib = blocks(p.in_channels);
+        let ob = blocks(p.out_channels);
+        let Kind::Dense { w } = &self.kind else {
+            return Err(shape_err("conv2d (concat-norm)", "not a dense conv"));
+        };
+        let sizes_ok = input.parts.len() == input.blocks.len()
+            && input
+                .parts
+                .iter()
+                .zip(input.blocks)
+                .all(|(x, &b)| x.len() == n * b * hw * B);
+        if !self.supports_concat_norm()
+            || !sizes_ok
+            || input.blocks.iter().sum::<usize>() != ib
+            || input.scale.len() != ib
+            || input.shift.len() != ib
+        {
+            return Err(shape_err(
+                "conv2d (concat-norm)",
+                format!(
+                    "parts of {:?} blocks do not make the conv's {ib}",
+                    input.blocks
+                ),
+            ));
+        }
+        // input block -> (part, block within the part)
+        let mut source = Vec::with_capacity(ib);
+        for (k, &nb) in input.blocks.iter().enumerate() {
+            source.extend((0..nb).map(|j| (k, j)));
+        }
+        // pixel tiles of a few register runs
+        let tile = if hw >= 64 * NPX { 4 * NPX } else { 2 * NPX };
+        let tiles = hw.div_ceil(tile);
+        if n * tiles < 8 {
+            // too few tiles to share out: write the concatenation, then the plain conv
+            let planes = input.blocks;
+            let (scale, shift, act_n) = (input.scale, input.shift, input.act);
+            let cat = crate::norm::concat_affine(
+                isa,
+                input.parts,
+                planes,
+                hw * B,
+                n,
+                scale,
+                shift,
+                act_n,
+            )?;
+            let (y, _, _) = self.run_isa(isa, &cat, n, 1, hw, None, act)?;
+            pool::recycle(cat);
+            return Ok(y);
+        }
+        let (groups, per_group) = (1, ob);
+        let clamp = match act {
+            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+            Some(Activation::Relu6) => Some((0.0, 6.0)),
+            _ => None,
+        };
+        let mut out = pool::take(n * ob * hw * B);
+        // tasks: (image, tile, first output block, the tile's slice of each of its blocks)
+        let mut tasks = Vec::with_capacity(n * tiles * groups);
+        for (img, planes) in out.chunks_mut(ob * hw * B).enumerate() {
+            let mut rows: Vec<_> = planes
+                .chunks_mut(hw * B)
+                .map(|pl| pl.chunks_mut(tile * B))
+                .collect();
+            for t in 0..tiles {
+                let mut slices: Vec<&mut [f32]> = rows
+                    .iter_mut()
+                    .map(|r| r.next().expect("one slice per tile"))
+                    .collect();
+                for gi in (0..groups).rev() {
+                    let o0 = (gi * per_group).min(ob);
+                    let group: Vec<&mut [f32]> = slices.drain(o0..).collect();
+                    if !group.is_empty() {
+                        tasks.push((img, t, o0, group));
+                    }
+                }
+            }
+        }
+        tasks.into_par_iter().for_each(|(img, t, o0, dsts)| {
+            let p0 = t * tile;
+            let np = dsts[0].len() / B;
+            STAGE.with(|stage| {
+                let mut stage = stage.borrow_mut();
+                stage.resize(ib * np * B, 0.0);
+                for (gb, &(k, j)) in source.iter().enumerate() {
+                    let at = ((img * input.blocks[k] + j) * hw + p0) * B;
+                    let src = &input.parts[k][at..at + np * B];
+                    let dst = &mut stage[gb * np * B..(gb + 1) * np * B];
+                    crate::norm::affine_act(
+                        isa,
+                        dst,
+                        src,
+                        &input.scale[gb],
+                        &input.shift[gb],
+                        input.act,
+                    );
+                }
+                let g = Geom {
+                    ib,
+                    hp: 1,
+                    wp: np,
+                    ow: np,
+                    x0: 0,
+                    cg: 0,
+                    last: p.in_channels - (ib - 1) * B,
+                };
+                let k = ib * B * B;
+                for (i, dst) in dsts.into_iter().enumerate() {
+                    let obi = o0 + i;
+                    let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
+                        .try_into()
+                        .expect("16 lanes");
+                    let fuse = Fuse { res: None, clamp };
+                    dense_row(
+                        isa,
+                        p,
+                        &g,
+                        &stage[..ib * np * B],
+                        &w[obi * k..(obi + 1) * k],
+                        bias,
+                        0,
+                        dst,
+                        fuse,
+                    );
+                    finish_chunk(isa, dst, None, act.filter(|_| clamp.is_none()));
+                }
+            });
+        });
+        Ok(out)
+    }
+}
+
 /// Output columns whose every horizontal tap lies inside a row of `w` (no padding read).
 fn interior_cols(p: &Conv2dParams, w: usize, ow: usize) -> (usize, usize) {
     let (s, pw, span) = (p.stride[1], p.padding[1], (p.kernel[1] - 1) * p.dilation[1]);
@@ -977,6 +1152,42 @@ mod tests {
     use crate::blocked::{from_blocked, to_blocked};
     use crate::reference;
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn concat_norm_conv_matches_concat_then_conv(parts in proptest::collection::vec(1usize..4, 1..4), cout in 1usize..40,
+                                                     hw in 1usize..300, n in 1usize..3, relu in any::<bool>(),
+                                                     act in 0usize..3, seed in any::<u64>()) {
+            let c: usize = parts.iter().sum::<usize>() * B;
+            let xs: Vec<Vec<f32>> = parts.iter().enumerate()
+                .map(|(k, &b)| reference::pseudo_random(n * b * hw * B, seed ^ k as u64)).collect();
+            let sc = reference::pseudo_random(c, seed ^ 10);
+            let sh = reference::pseudo_random(c, seed ^ 11);
+            let lanes = |v: &[f32]| -> Vec<[f32; B]> { v.chunks(B).map(|l| l.try_into().unwrap()).collect() };
+            let (scale, shift) = (lanes(&sc), lanes(&sh));
+            let norm_act = relu.then_some(Activation::Relu);
+            let act = [None, Some(Activation::Relu6), Some(Activation::Gelu)][act];
+            let p = Conv2dParams { in_channels: c, out_channels: cout, kernel: [1, 1], stride: [1, 1],
+                                   padding: [0, 0], dilation: [1, 1], groups: 1 };
+            let wt = reference::pseudo_random(p.weight_len(), seed ^ 12);
+            let b = reference::pseudo_random(cout, seed ^ 13);
+            let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+            prop_assert!(conv.supports_concat_norm());
+            let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+            for isa in isa::available() {
+                // reference: the normalised concatenation written out, then the conv
+                let cat = crate::norm::concat_affine(isa, &refs, &parts, hw * B, n, &scale, &shift, norm_act).unwrap();
+                let (want, _, _) = conv.run_isa(isa, &cat, n, 1, hw, None, act).unwrap();
+                let input = ConcatNormInput { parts: &refs, blocks: &parts, scale: &scale, shift: &shift, act: norm_act };
+                let got = conv.run_concat_norm(isa, &input, n, hw, act).unwrap();
+                prop_assert_eq!(got.len(), want.len());
+                for (a, w) in got.iter().zip(&want) {
+                    prop_assert!((a - w).abs() <= 1e-5 * (1.0 + w.abs()), "{:?}: {} vs {}", isa, a, w);
+                }
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
