@@ -158,6 +158,43 @@ fn dense_layer(blocks_in: usize, hw: usize, fused: bool) -> Case {
     }
 }
 
+/// An int8 NHWC conv (VNNI / AMX as `QVISION_ISA` picks), with a residual if `res`.
+#[allow(clippy::too_many_arguments)]
+fn qconv(name: &str, cin: usize, cout: usize, k: usize, s: usize, hw: usize, res: bool) -> Case {
+    use qvision_kernels::qnhwc::{PreparedQConv, QConvOutput};
+    let p = Conv2dParams {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let w: Vec<i8> = (0..p.weight_len()).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+    let bias: Vec<i32> = (0..cout as i32).map(|c| c * 13 - 200).collect();
+    let out = QConvOutput {
+        za: 3,
+        multiplier: vec![1e-3; cout],
+        zo: 0,
+        out_scale: 0.05,
+        act: Some(Activation::Relu),
+    };
+    let c = PreparedQConv::new(p, &w, Some(&bias), out).expect("qconv");
+    let x: Vec<u8> = (0..hw * hw * cin).map(|i| (i * 7 % 251) as u8).collect();
+    let (oh, ow) = p.output_size(hw, hw).expect("geometry");
+    let r: Vec<u8> = (0..oh * ow * cout).map(|i| (i * 11 % 253) as u8).collect();
+    Case {
+        name: format!("int8 {name} {cin}->{cout} k{k} s{s} {hw}x{hw}{}", if res { " +res" } else { "" }),
+        flops: 2.0 * (cout * oh * ow * cin * k * k) as f64,
+        run: Box::new(move || {
+            let residual = res.then(|| (r.as_slice(), 5, 0.7));
+            let (y, _, _) = c.run(&x, 1, hw, hw, residual).expect("run");
+            qvision_tensor::pool::recycle_u8(y);
+        }),
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -217,6 +254,13 @@ fn main() {
         dense_layer(62, 7, false),
         dense_layer(62, 7, true),
         layer_norm(96, 56),
+        qconv("resnet50 expand", 64, 256, 1, 1, 56, true),
+        qconv("resnet50 reduce", 256, 64, 1, 1, 56, false),
+        qconv("resnet 3x3", 64, 64, 3, 1, 56, false),
+        qconv("resnet50 expand", 512, 2048, 1, 1, 7, true),
+        qconv("resnet50 reduce", 2048, 512, 1, 1, 7, false),
+        qconv("resnet 3x3", 512, 512, 3, 1, 7, false),
+        qconv("resnet 3x3 s2", 128, 128, 3, 2, 56, false),
         layer_norm(768, 7),
     ];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
