@@ -121,8 +121,8 @@ impl Session {
         observe: &mut (dyn FnMut(&crate::ir::Node, &[Tensor]) + Send),
     ) -> Result<Vec<Tensor>, GraphError> {
         match &self.pool {
-            Some(p) => p.install(|| self.run_inner(inputs, observe)),
-            None => self.run_inner(inputs, observe),
+            Some(p) => p.install(|| with_hot_workers(|| self.run_inner(inputs, observe))),
+            None => with_hot_workers(|| self.run_inner(inputs, observe)),
         }
     }
 
@@ -765,6 +765,47 @@ fn run_node(
         }
         (op, _) => Err(format!("{} was not prepared", op.kind())),
     }
+}
+
+/// Run `f` in the current rayon pool with its other workers kept looking for work until `f`
+/// returns. A parked worker takes ~20 µs to wake on a VM, as long as a small op (a MobileNet
+/// depthwise conv at 14x14) takes: without this, such ops ran on one thread. ONNX Runtime's
+/// intra-op threads spin the same way (`QVISION_SPIN=0` turns it off). A keeper that finds no
+/// work for 2 ms leaves (a long serial stretch, or a keeper picked up inside another job's
+/// wait).
+fn with_hot_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SPIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let spin = *SPIN.get_or_init(|| std::env::var("QVISION_SPIN").map_or(true, |v| v != "0"));
+    let n = rayon::current_num_threads();
+    if n < 2 || !spin {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let main = rayon::current_thread_index();
+        let done = &done;
+        for _ in 1..n {
+            s.spawn(move |_| {
+                if rayon::current_thread_index() == main {
+                    return;
+                }
+                let mut idle_since = std::time::Instant::now();
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle_since = std::time::Instant::now();
+                    } else if idle_since.elapsed() > std::time::Duration::from_millis(2) {
+                        return;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
 }
 
 /// The inputs of a concat-norm: the parts and, per output plane (a channel, or a block of 16),

@@ -59,7 +59,9 @@ fn conv(
     let w = qvision_kernels::reference::pseudo_random(p.weight_len(), 1);
     let b = qvision_kernels::reference::pseudo_random(cout, 2);
     let c = BlockedConv::new(p, &w, Some(&b)).expect("blocked geometry");
-    let x = qvision_kernels::reference::pseudo_random(blocks(cin) * hw * hw * B, 3);
+    // a stem (fewer than 16 channels) reads NCHW
+    let per_px = if c.nchw_input() { cin } else { blocks(cin) * B };
+    let x = qvision_kernels::reference::pseudo_random(per_px * hw * hw, 3);
     let (oh, ow) = p.output_size(hw, hw).expect("geometry");
     let flops = 2.0 * (cout * oh * ow * (cin / groups) * k * k) as f64;
     Case {
@@ -171,7 +173,9 @@ fn qconv(name: &str, cin: usize, cout: usize, k: usize, s: usize, hw: usize, res
         dilation: [1, 1],
         groups: 1,
     };
-    let w: Vec<i8> = (0..p.weight_len()).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+    let w: Vec<i8> = (0..p.weight_len())
+        .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+        .collect();
     let bias: Vec<i32> = (0..cout as i32).map(|c| c * 13 - 200).collect();
     let out = QConvOutput {
         za: 3,
@@ -185,7 +189,10 @@ fn qconv(name: &str, cin: usize, cout: usize, k: usize, s: usize, hw: usize, res
     let (oh, ow) = p.output_size(hw, hw).expect("geometry");
     let r: Vec<u8> = (0..oh * ow * cout).map(|i| (i * 11 % 253) as u8).collect();
     Case {
-        name: format!("int8 {name} {cin}->{cout} k{k} s{s} {hw}x{hw}{}", if res { " +res" } else { "" }),
+        name: format!(
+            "int8 {name} {cin}->{cout} k{k} s{s} {hw}x{hw}{}",
+            if res { " +res" } else { "" }
+        ),
         flops: 2.0 * (cout * oh * ow * cin * k * k) as f64,
         run: Box::new(move || {
             let residual = res.then(|| (r.as_slice(), 5, 0.7));
@@ -202,6 +209,11 @@ fn main() {
         .collect();
     let relu6 = Some(Activation::Relu6);
     let cases = vec![
+        conv("mnv2 stem", 3, 32, 3, 2, 1, 224, relu6),
+        conv("mnv2 dw", 32, 32, 3, 1, 32, 112, relu6),
+        conv("mnv2 project", 32, 16, 1, 1, 1, 112, None),
+        conv("mnv2 expand", 16, 96, 1, 1, 1, 112, relu6),
+        conv("mnv2 dw s2", 96, 96, 3, 2, 96, 112, relu6),
         conv("mnv2 expand", 24, 144, 1, 1, 1, 56, relu6),
         conv("mnv2 project", 144, 24, 1, 1, 1, 56, None),
         conv("mnv2 expand", 32, 192, 1, 1, 1, 28, relu6),

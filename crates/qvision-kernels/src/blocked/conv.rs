@@ -554,19 +554,20 @@ fn pad(
     e: usize,
 ) -> Vec<f32> {
     let mut out = pool::take(planes * hp * wp * e);
-    out.par_chunks_mut(hp * wp * e)
+    // by padded row, so an image of three planes (a stem) still splits across threads
+    out.par_chunks_mut(wp * e)
+        .with_min_len(8)
         .enumerate()
-        .for_each(|(pl, dst)| {
-            // zero only the border; the interior is overwritten
-            dst[..ph * wp * e].fill(0.0);
-            dst[(ph + h) * wp * e..].fill(0.0);
-            for y in 0..h {
-                let s = (pl * h + y) * w * e;
-                let r = (y + ph) * wp * e;
-                dst[r..r + pw * e].fill(0.0);
-                dst[r + pw * e..r + (pw + w) * e].copy_from_slice(&x[s..s + w * e]);
-                dst[r + (pw + w) * e..r + wp * e].fill(0.0);
+        .for_each(|(r, dst)| {
+            let (pl, py) = (r / hp, r % hp);
+            if py < ph || py >= ph + h {
+                dst.fill(0.0);
+                return;
             }
+            let s = (pl * h + py - ph) * w * e;
+            dst[..pw * e].fill(0.0);
+            dst[pw * e..(pw + w) * e].copy_from_slice(&x[s..s + w * e]);
+            dst[(pw + w) * e..].fill(0.0);
         });
     out
 }
