@@ -195,7 +195,7 @@ fn qconv(name: &str, cin: usize, cout: usize, k: usize, s: usize, hw: usize, res
         ),
         flops: 2.0 * (cout * oh * ow * cin * k * k) as f64,
         run: Box::new(move || {
-            let residual = res.then(|| (r.as_slice(), 5, 0.7));
+            let residual = res.then_some((r.as_slice(), 5, 0.7));
             let (y, _, _) = c.run(&x, 1, hw, hw, residual).expect("run");
             qvision_tensor::pool::recycle_u8(y);
         }),
