@@ -266,6 +266,7 @@ fn main() {
         dense_layer(62, 7, false),
         dense_layer(62, 7, true),
         layer_norm(96, 56),
+        qconv("resnet stem", 3, 64, 7, 2, 224, false),
         qconv("resnet50 expand", 64, 256, 1, 1, 56, true),
         qconv("resnet50 reduce", 256, 64, 1, 1, 56, false),
         qconv("resnet 3x3", 64, 64, 3, 1, 56, false),

@@ -427,42 +427,52 @@ pub fn max_pool(
     let (oh, ow) = p.output_size(h, w)?;
     check(x, n * h * w * c, "max_pool2d")?;
     let mut out = qvision_tensor::pool::take_u8(n * oh * ow * c);
-    out.fill(0);
     let isa = isa::current();
+    let geom = PoolRow { p, x, h, w, c, oh };
     out.par_chunks_mut((ow * c).max(1))
         .enumerate()
-        .for_each(|(r, o)| {
-            let (b, oy) = (r / oh, r % oh);
-            for ox in 0..ow {
-                let d = &mut o[ox * c..(ox + 1) * c];
-                for ky in 0..p.kernel[0] {
-                    let iy =
-                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                    if iy < 0 || iy as usize >= h {
-                        continue;
-                    }
-                    for kx in 0..p.kernel[1] {
-                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                            - p.padding[1] as isize;
-                        if ix < 0 || ix as usize >= w {
-                            continue;
-                        }
-                        let at = ((b * h + iy as usize) * w + ix as usize) * c;
-                        max_into(isa, d, &x[at..at + c]);
-                    }
-                }
-            }
-        });
+        .for_each(|(r, o)| max_row(isa, &geom, r, o));
     Ok((out, oh, ow))
 }
 
+/// What every output row of [`max_pool`] reads.
+struct PoolRow<'a> {
+    p: &'a Pool2dParams,
+    x: &'a [u8],
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+}
+
+/// Output row `r` (image `r / oh`): each pixel the max over its in-bounds taps (a window always
+/// holds one: the output size guarantees it), compiled per ISA as a whole so the per-tap max
+/// over the channels inlines.
 #[inline(always)]
-fn max_body(d: &mut [u8], s: &[u8]) {
-    for (a, &b) in d.iter_mut().zip(s) {
-        *a = (*a).max(b);
+fn max_row_body(g: &PoolRow<'_>, r: usize, o: &mut [u8]) {
+    let (p, c) = (g.p, g.c);
+    let (b, oy) = (r / g.oh, r % g.oh);
+    o.fill(0);
+    for (ox, d) in o.chunks_exact_mut(c.max(1)).enumerate() {
+        for ky in 0..p.kernel[0] {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            if iy < 0 || iy as usize >= g.h {
+                continue;
+            }
+            for kx in 0..p.kernel[1] {
+                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                if ix < 0 || ix as usize >= g.w {
+                    continue;
+                }
+                let at = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
+                for (a, &v) in d.iter_mut().zip(&g.x[at..at + c]) {
+                    *a = (*a).max(v);
+                }
+            }
+        }
     }
 }
-crate::isa::multiversion!(fn max_into(d: &mut [u8], s: &[u8]) => max_body);
+crate::isa::multiversion!(fn max_row(g: &PoolRow<'_>, r: usize, o: &mut [u8]) => max_row_body);
 
 #[inline(always)]
 fn sum_body(acc: &mut [i32], s: &[u8]) {
