@@ -84,6 +84,16 @@ pub(crate) fn row(isa: Isa, r: &DwRow<'_>, dst: &mut [f32]) {
             0
         };
         if done == 0 {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                let p = r.p;
+                assert!(r.x.len() >= r.h * r.w * B && r.wk.len() >= p.kernel[0] * p.kernel[1] * B);
+                // SAFETY: AVX-512F was detected (isa); the assert bounds the plane and the
+                // weights, and the border kernel reads only in-bounds taps.
+                unsafe { x86::border(r, ky_rows, ox, &mut dst[i * B..(i + 1) * B]) };
+                i += 1;
+                continue;
+            }
             let mut a = [0.0f32; B];
             pixel_checked(r, ky_rows, ox, &mut a);
             dst[i * B..(i + 1) * B].copy_from_slice(&a);
@@ -150,6 +160,41 @@ mod x86 {
         }
         // SAFETY (every arm): `N` is at most `run` (see `run_len`).
         unsafe { super::super::by_run_len!(n, px(r, ky_rows, ox, dst)) }
+    }
+
+    /// One border pixel (some taps in the padding, skipped), as [`super::pixel_checked`].
+    ///
+    /// # Safety
+    /// AVX-512F is available; `r.x` holds the `h x w x 16` plane and `r.wk` the `kh x kw x 16`
+    /// weights; every `(ky, iy)` of `ky_rows` has `iy < h`; `dst` holds 16 values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn border(
+        r: &DwRow<'_>,
+        ky_rows: &[(usize, usize)],
+        ox: usize,
+        dst: &mut [f32],
+    ) {
+        let p = r.p;
+        let kw = p.kernel[1];
+        let ix0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+        // SAFETY: 16 floats.
+        let mut acc = unsafe { _mm512_loadu_ps(r.bias.as_ptr()) };
+        for &(ky, iy) in ky_rows {
+            for kx in 0..kw {
+                let ix = ix0 + (kx * p.dilation[1]) as isize;
+                if ix < 0 || ix as usize >= r.w {
+                    continue;
+                }
+                // SAFETY: (iy, ix) lies in the plane and (ky, kx) in the weights (the contract).
+                acc = unsafe {
+                    let xv = _mm512_loadu_ps(r.x.as_ptr().add((iy * r.w + ix as usize) * B));
+                    let wv = _mm512_loadu_ps(r.wk.as_ptr().add((ky * kw + kx) * B));
+                    _mm512_fmadd_ps(xv, wv, acc)
+                };
+            }
+        }
+        // SAFETY: dst holds 16 values.
+        unsafe { store(r, &[acc], dst) };
     }
 
     /// Store a run's accumulators, clamped as `r.clamp` says.
