@@ -587,6 +587,26 @@ pub(crate) fn finish_chunk(
     }
 }
 
+/// `a + x * w`, fused when the ISA has FMA (the portable bodies are compiled for both).
+#[inline(always)]
+fn mac<const FMA: bool>(x: f32, w: f32, a: f32) -> f32 {
+    if FMA {
+        x.mul_add(w, a)
+    } else {
+        a + x * w
+    }
+}
+
+/// Store a run's accumulators at pixels `ox0..` through the fused residual and clamp.
+#[inline(always)]
+fn store_px(acc: &mut [[f32; B]], ox0: usize, fuse: Fuse<'_>, dst: &mut [f32]) {
+    for (pi, a) in acc.iter_mut().enumerate() {
+        let o = (ox0 + pi) * B;
+        fuse.apply(o, a);
+        dst[o..o + B].copy_from_slice(a);
+    }
+}
+
 /// One output row of one output block, dense. Safe indexing; the compiler hoists the checks out
 /// of the `NPX x 16` inner block.
 #[allow(clippy::too_many_arguments)]
@@ -622,22 +642,14 @@ fn dense_row_body<const FMA: bool>(
                         for (pi, a) in acc.iter_mut().enumerate().take(npx) {
                             let xv = row[((g.x0 + ox0 + pi) * sw + kx * dw) * B + ic];
                             for l in 0..B {
-                                a[l] = if FMA {
-                                    xv.mul_add(wv[l], a[l])
-                                } else {
-                                    a[l] + xv * wv[l]
-                                };
+                                a[l] = mac::<FMA>(xv, wv[l], a[l]);
                             }
                         }
                     }
                 }
             }
         }
-        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
-            let o = (ox0 + pi) * B;
-            fuse.apply(o, a);
-            dst[o..o + B].copy_from_slice(a);
-        }
+        store_px(&mut acc[..npx], ox0, fuse, dst);
         ox0 += npx;
     }
 }
@@ -673,22 +685,13 @@ fn grouped_row_body<const FMA: bool>(
                     for (pi, a) in acc.iter_mut().enumerate().take(npx) {
                         let px = &row[((g.x0 + ox0 + pi) * sw + kx * dw) * B..][..B];
                         for l in 0..B {
-                            let xv = px[l - l % cg + j];
-                            a[l] = if FMA {
-                                xv.mul_add(wv[l], a[l])
-                            } else {
-                                a[l] + xv * wv[l]
-                            };
+                            a[l] = mac::<FMA>(px[l - l % cg + j], wv[l], a[l]);
                         }
                     }
                 }
             }
         }
-        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
-            let o = (ox0 + pi) * B;
-            fuse.apply(o, a);
-            dst[o..o + B].copy_from_slice(a);
-        }
+        store_px(&mut acc[..npx], ox0, fuse, dst);
         ox0 += npx;
     }
 }
@@ -724,21 +727,13 @@ fn nchw_row_body<const FMA: bool>(
                     for (pi, a) in acc.iter_mut().enumerate().take(npx) {
                         let xv = row[(g.x0 + ox0 + pi) * sw + kx * dw];
                         for l in 0..B {
-                            a[l] = if FMA {
-                                xv.mul_add(wv[l], a[l])
-                            } else {
-                                a[l] + xv * wv[l]
-                            };
+                            a[l] = mac::<FMA>(xv, wv[l], a[l]);
                         }
                     }
                 }
             }
         }
-        for (pi, a) in acc.iter_mut().enumerate().take(npx) {
-            let o = (ox0 + pi) * B;
-            fuse.apply(o, a);
-            dst[o..o + B].copy_from_slice(a);
-        }
+        store_px(&mut acc[..npx], ox0, fuse, dst);
         ox0 += npx;
     }
 }
