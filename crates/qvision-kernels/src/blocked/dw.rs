@@ -158,6 +158,10 @@ mod x86 {
                 _ => {}
             }
         }
+        if p.stride[1] == 2 && p.dilation[1] == 1 && p.kernel[1] == 3 {
+            // SAFETY (every arm): `N` is at most `run` (see `run_len`), 3 taps at stride 2.
+            return unsafe { super::super::by_run_len!(n, px_s2_3(r, ky_rows, ox, dst)) };
+        }
         // SAFETY (every arm): `N` is at most `run` (see `run_len`).
         unsafe { super::super::by_run_len!(n, px(r, ky_rows, ox, dst)) }
     }
@@ -248,6 +252,50 @@ mod x86 {
                 for (i, a) in acc.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(xs[i + kx], w, *a);
                 }
+            }
+        }
+        // SAFETY: N <= run, and dst holds run * 16 values.
+        unsafe { store(r, &acc, dst) };
+        N
+    }
+
+    /// [`px`] for 3 taps across at stride 2 (MobileNet's downsampling depthwise): output `i`
+    /// reads input pixels `2i`, `2i + 1`, `2i + 2`, so the even pixels are loaded once and
+    /// shared by the first and last taps of neighbouring outputs.
+    ///
+    /// # Safety
+    /// As [`interior`], with `N <= run`, a kernel 3 wide, stride 2 and dilation 1 across.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn px_s2_3<const N: usize>(
+        r: &DwRow<'_>,
+        ky_rows: &[(usize, usize)],
+        ox: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let p = r.p;
+        // SAFETY: 16 floats.
+        let bv = unsafe { _mm512_loadu_ps(r.bias.as_ptr()) };
+        let mut acc = [bv; N];
+        let xp = r.x.as_ptr();
+        for &(ky, iy) in ky_rows {
+            let base = (iy * r.w + 2 * ox - p.padding[1]) * B;
+            // SAFETY: weights (ky, 0..3) lie in `wk`.
+            let w = unsafe {
+                [0, 1, 2].map(|kx| _mm512_loadu_ps(r.wk.as_ptr().add((ky * 3 + kx) * B)))
+            };
+            let mut even = [_mm512_setzero_ps(); 13];
+            for (j, v) in even.iter_mut().enumerate().take(N + 1) {
+                // SAFETY: input pixels 2(ox + j) - pad, j <= N, are taps of pixels ox..ox + N
+                // (the last one tap 2 of pixel ox + N - 1), inside the row (checked by the
+                // caller).
+                *v = unsafe { _mm512_loadu_ps(xp.add(base + 2 * j * B)) };
+            }
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: input pixel 2(ox + i) + 1 - pad, tap 1 of pixel ox + i.
+                let odd = unsafe { _mm512_loadu_ps(xp.add(base + (2 * i + 1) * B)) };
+                *a = _mm512_fmadd_ps(even[i], w[0], *a);
+                *a = _mm512_fmadd_ps(odd, w[1], *a);
+                *a = _mm512_fmadd_ps(even[i + 1], w[2], *a);
             }
         }
         // SAFETY: N <= run, and dst holds run * 16 values.
