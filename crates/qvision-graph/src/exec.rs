@@ -965,6 +965,36 @@ mod tests {
         b.finish(&[y])
     }
 
+    /// Runs from inside a busy pool (calibration-style parallel batches): the keepers each run
+    /// spawns may be picked up inside another job's wait; they leave when their run ends or
+    /// after 2 ms without work, so every run completes with the same outputs.
+    #[test]
+    fn concurrent_runs_in_one_pool_complete() {
+        use rayon::prelude::*;
+        let mut g = block();
+        weights::init_formula(&mut g);
+        let s = Session::new(&g, SessionOptions::default()).unwrap();
+        let x = Tensor::from_f32(
+            vec![2, 3, 9, 9],
+            qvision_kernels::reference::pseudo_random(486, 5),
+        )
+        .unwrap();
+        let want = s.run(vec![x.clone()]).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let outs: Vec<Vec<Tensor>> = pool.install(|| {
+            (0..12)
+                .into_par_iter()
+                .map(|_| s.run(vec![x.clone()]).unwrap())
+                .collect()
+        });
+        for o in outs {
+            assert_eq!(o[0].as_f32().unwrap(), want[0].as_f32().unwrap());
+        }
+    }
+
     #[test]
     fn optimized_run_equals_plain_run() {
         let mut g = block();
