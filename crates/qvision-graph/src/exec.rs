@@ -965,6 +965,28 @@ mod tests {
         b.finish(&[y])
     }
 
+    /// A malformed graph (a node short of inputs, an output that names no value) is refused by
+    /// `Session::new` with the node named, not a panic in a pass or kernel.
+    #[test]
+    fn malformed_graphs_are_refused() {
+        let mut g = block();
+        weights::init_formula(&mut g);
+        let bn = g
+            .nodes
+            .iter()
+            .position(|n| matches!(n.op, Op::BatchNorm2d { .. }))
+            .unwrap();
+        let mut short = g.clone();
+        short.nodes[bn].inputs.truncate(2);
+        let e = Session::new(&short, SessionOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains(&g.nodes[bn].name), "{e}");
+        let mut stray = g.clone();
+        stray.nodes[0].outputs[0] = ValueId(stray.values.len() + 7);
+        assert!(Session::new(&stray, SessionOptions::default()).is_err());
+    }
+
     /// Runs from inside a busy pool (calibration-style parallel batches): the keepers each run
     /// spawns may be picked up inside another job's wait; they leave when their run ends or
     /// after 2 ms without work, so every run completes with the same outputs.

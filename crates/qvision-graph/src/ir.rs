@@ -143,6 +143,20 @@ impl Graph {
             }
         }
         for n in &self.nodes {
+            let (ins, outs) = n.op.arity();
+            let outs_ok = match n.op {
+                Op::Split { .. } => n.outputs.len() == outs,
+                _ => n.outputs.len() >= outs,
+            };
+            if n.inputs.len() < ins || !outs_ok {
+                return Err(GraphError::Invalid(format!(
+                    "node '{}' ({}) has {} inputs and {} outputs, needs at least {ins} and {outs}",
+                    n.name,
+                    n.op.kind(),
+                    n.inputs.len(),
+                    n.outputs.len()
+                )));
+            }
             for i in &n.inputs {
                 if !defined.get(i.0).copied().unwrap_or(false) {
                     return Err(GraphError::Invalid(format!(
@@ -153,14 +167,24 @@ impl Graph {
                 }
             }
             for o in &n.outputs {
-                defined[o.0] = true;
+                match defined.get_mut(o.0) {
+                    Some(d) => *d = true,
+                    None => {
+                        return Err(GraphError::Invalid(format!(
+                            "node '{}' writes value {} of {}",
+                            n.name,
+                            o.0,
+                            self.values.len()
+                        )))
+                    }
+                }
             }
         }
         for o in &self.outputs {
-            if !defined[o.0] {
+            if !defined.get(o.0).copied().unwrap_or(false) {
                 return Err(GraphError::Invalid(format!(
                     "output '{}' is never computed",
-                    self.values[o.0].name
+                    self.values.get(o.0).map_or("?", |v| v.name.as_str())
                 )));
             }
         }

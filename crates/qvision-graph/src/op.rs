@@ -156,6 +156,25 @@ impl Op {
         }
     }
 
+    /// The fewest inputs and the number of outputs a node of this op needs (what every kernel
+    /// and pass may index without checking; [`crate::Graph::validate`] enforces it). Int8 ops
+    /// check their own arity when they are prepared.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Conv2d { residual, .. } | Op::ConvBlocked { residual, .. } => {
+                (2 + *residual as usize, 1)
+            }
+            Op::BatchNorm2d { .. } => (5, 1),
+            Op::Linear { .. } | Op::Binary(_) => (2, 1),
+            Op::LayerNorm { .. } | Op::LayerNorm2d { .. } => (3, 1),
+            Op::ConcatNorm { .. } => (5, 1),
+            Op::ConcatNormConv { bias, .. } => (6 + *bias as usize, 1),
+            Op::Split { sizes, .. } => (1, sizes.len()),
+            Op::Q(_) => (1, 1),
+            _ => (1, 1),
+        }
+    }
+
     /// Output shapes for the given input shapes.
     pub fn infer_shapes(&self, ins: &[&[usize]]) -> Result<Vec<Vec<usize>>, String> {
         let want = |n: usize| -> Result<(), String> {
