@@ -215,6 +215,8 @@ fn main() {
         conv("mnv2 expand", 16, 96, 1, 1, 1, 112, relu6),
         conv("mnv2 dw s2", 96, 96, 3, 2, 96, 112, relu6),
         conv("mnv2 expand", 24, 144, 1, 1, 1, 56, relu6),
+        conv("mnv3 expand", 24, 72, 1, 1, 1, 56, Some(Activation::Relu)),
+        conv("mnv3 project", 120, 40, 1, 1, 1, 28, None),
         conv("mnv2 project", 144, 24, 1, 1, 1, 56, None),
         conv("mnv2 expand", 32, 192, 1, 1, 1, 28, relu6),
         conv("mnv2 project", 192, 32, 1, 1, 1, 28, None),
