@@ -965,6 +965,49 @@ mod tests {
         b.finish(&[y])
     }
 
+    /// A per-channel scale folds into the conv before it whichever side of the `Mul` it is on.
+    #[test]
+    fn channel_scale_folds_on_either_side() {
+        for conv_first in [true, false] {
+            let mut b = GraphBuilder::new("scaled");
+            let x = b.input("input", &[1, 3, 6, 5]);
+            let y = b.conv2d("conv", x, Conv::new(3, 4, 3).pad(1));
+            let s = b.param("scale", &[4, 1, 1]);
+            let y = if conv_first {
+                b.mul("mul", y, s)
+            } else {
+                b.mul("mul", s, y)
+            };
+            let mut g = b.finish(&[y]);
+            weights::init_formula(&mut g);
+            let x = Tensor::from_f32(
+                vec![1, 3, 6, 5],
+                qvision_kernels::reference::pseudo_random(90, 4),
+            )
+            .unwrap();
+            let plain = SessionOptions {
+                optimize: false,
+                ..Default::default()
+            };
+            let want = Session::new(&g, plain)
+                .unwrap()
+                .run(vec![x.clone()])
+                .unwrap();
+            let s = Session::new(&g, SessionOptions::default()).unwrap();
+            assert!(s.graph().nodes.iter().all(|n| n.op.kind() != "Mul"));
+            let got = s.run(vec![x]).unwrap();
+            assert_eq!(got[0].shape(), want[0].shape());
+            for (p, q) in got[0]
+                .as_f32()
+                .unwrap()
+                .iter()
+                .zip(want[0].as_f32().unwrap())
+            {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+            }
+        }
+    }
+
     /// A malformed graph (a node short of inputs, an output that names no value) is refused by
     /// `Session::new` with the node named, not a panic in a pass or kernel.
     #[test]

@@ -121,8 +121,14 @@ pub fn optimize_for_inference_with_aliases(
                     .or_else(|| {
                         fold_channel_scale(g, &new_tensors, &nodes, &producer, &uses, &inputs)
                     });
-                if let Some((lin, w, b)) = scaled {
-                    let n = nodes[lin].as_mut().expect("producer exists");
+                if let Some(Scaled {
+                    node: ni,
+                    via,
+                    w,
+                    b,
+                }) = scaled
+                {
+                    let n = nodes[ni].as_mut().expect("producer exists");
                     let wid =
                         push_const(&mut out.values, &format!("{}.weight(scaled)", n.name), &w);
                     let bid = push_const(&mut out.values, &format!("{}.bias(scaled)", n.name), &b);
@@ -130,7 +136,7 @@ pub fn optimize_for_inference_with_aliases(
                     n.inputs.extend([wid, bid]);
                     new_tensors.insert(wid, w);
                     new_tensors.insert(bid, b);
-                    redirect(&mut alias, &mut uses, node.outputs[0], inputs[0]);
+                    redirect(&mut alias, &mut uses, node.outputs[0], via);
                     continue;
                 }
             }
@@ -204,7 +210,7 @@ fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> Val
 }
 
 /// For `mul(permute(linear(x)), gamma)` (gamma `[C, 1, 1]` constant, single uses): the linear
-/// node's index and its weight and bias with gamma folded in.
+/// layer with gamma folded into its weight and bias.
 fn fold_layer_scale(
     g: &Graph,
     fresh: &HashMap<ValueId, Tensor>,
@@ -212,7 +218,7 @@ fn fold_layer_scale(
     producer: &HashMap<ValueId, usize>,
     uses: &[usize],
     inputs: &[ValueId],
-) -> Option<(usize, Tensor, Tensor)> {
+) -> Option<Scaled> {
     let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id));
     let single = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
     let gamma = get(inputs[1])?;
@@ -226,31 +232,59 @@ fn fold_layer_scale(
         return None;
     }
     let w = get(lin.inputs[1])?;
-    let [out, inn] = <[usize; 2]>::try_from(w.shape()).ok()?;
+    let [out, _] = <[usize; 2]>::try_from(w.shape()).ok()?;
     if gamma.shape() != [out, 1, 1] {
         return None;
     }
-    let (gv, wv) = (gamma.as_f32().ok()?, w.as_f32().ok()?);
-    let b: Vec<f32> = match lin.inputs.get(2) {
-        Some(&b) => get(b)?.as_f32().ok()?.to_vec(),
-        None => vec![0.0; out],
+    let b = match lin.inputs.get(2) {
+        Some(&b) => Some(get(b)?),
+        None => None,
     };
+    let (w, b) = scale_rows(w, b, gamma.as_f32().ok()?)?;
+    Some(Scaled {
+        node: li,
+        via: inputs[0],
+        w,
+        b,
+    })
+}
+
+/// A node whose weight rows and bias were scaled per output channel, the value that now stands
+/// for the `Mul`'s output, and the new tensors.
+struct Scaled {
+    node: usize,
+    via: ValueId,
+    w: Tensor,
+    b: Tensor,
+}
+
+/// `w` (`[out, ...]`) and `b` (zeros if absent) with row `o` multiplied by `gamma[o]`.
+fn scale_rows(w: &Tensor, b: Option<&Tensor>, gamma: &[f32]) -> Option<(Tensor, Tensor)> {
+    let out = gamma.len();
+    let wv = w.as_f32().ok()?;
+    let per = wv.len() / out.max(1);
     let nw: Vec<f32> = wv
         .iter()
         .enumerate()
-        .map(|(i, v)| v * gv[i / inn])
+        .map(|(i, v)| v * gamma[i / per])
         .collect();
-    let nb: Vec<f32> = b.iter().zip(gv).map(|(v, s)| v * s).collect();
+    let b: Vec<f32> = match b {
+        Some(b) => b.as_f32().ok()?.to_vec(),
+        None => vec![0.0; out],
+    };
+    if b.len() != out {
+        return None;
+    }
+    let nb: Vec<f32> = b.iter().zip(gamma).map(|(v, s)| v * s).collect();
     Some((
-        li,
-        Tensor::from_f32(vec![out, inn], nw).ok()?,
+        Tensor::from_f32(w.shape().to_vec(), nw).ok()?,
         Tensor::from_f32(vec![out], nb).ok()?,
     ))
 }
 
 /// For `mul(conv(x), gamma)` or `mul(gamma, conv(x))` (a plain conv used once, gamma a constant
-/// `[C, 1, 1]` or `[1, C, 1, 1]`): the conv node's index and its weight and bias scaled per
-/// output channel.
+/// `[C, 1, 1]` or `[1, C, 1, 1]`): the conv with its filters and bias scaled per output
+/// channel.
 fn fold_channel_scale(
     g: &Graph,
     fresh: &HashMap<ValueId, Tensor>,
@@ -258,12 +292,12 @@ fn fold_channel_scale(
     producer: &HashMap<ValueId, usize>,
     uses: &[usize],
     inputs: &[ValueId],
-) -> Option<(usize, Tensor, Tensor)> {
+) -> Option<Scaled> {
     let get = |id: ValueId| fresh.get(&id).or_else(|| g.tensors.get(&id));
     let single = |v: ValueId| producer.get(&v).copied().filter(|_| uses[v.0] == 1);
-    let (ci, gamma) = [(0, 1), (1, 0)]
+    let (c, ci, gamma) = [(0, 1), (1, 0)]
         .into_iter()
-        .find_map(|(c, k)| Some((single(inputs[c])?, get(inputs[k])?)))?;
+        .find_map(|(c, k)| Some((c, single(inputs[c])?, get(inputs[k])?)))?;
     let conv = nodes[ci].as_ref()?;
     let Op::Conv2d {
         params,
@@ -277,24 +311,18 @@ fn fold_channel_scale(
     if !(gamma.shape() == [cout, 1, 1] || gamma.shape() == [1, cout, 1, 1]) {
         return None;
     }
-    let (gv, w) = (gamma.as_f32().ok()?, get(conv.inputs[1])?);
-    let wv = w.as_f32().ok()?;
-    let per = wv.len() / cout;
-    let nw: Vec<f32> = wv
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * gv[i / per])
-        .collect();
-    let b: Vec<f32> = match conv.inputs.get(2) {
-        Some(&b) => get(b)?.as_f32().ok()?.to_vec(),
-        None => vec![0.0; cout],
+    let w = get(conv.inputs[1])?;
+    let b = match conv.inputs.get(2) {
+        Some(&b) => Some(get(b)?),
+        None => None,
     };
-    let nb: Vec<f32> = b.iter().zip(gv).map(|(v, s)| v * s).collect();
-    Some((
-        ci,
-        Tensor::from_f32(w.shape().to_vec(), nw).ok()?,
-        Tensor::from_f32(vec![cout], nb).ok()?,
-    ))
+    let (w, b) = scale_rows(w, b, gamma.as_f32().ok()?)?;
+    Some(Scaled {
+        node: ci,
+        via: inputs[c],
+        w,
+        b,
+    })
 }
 
 /// New conv weight and bias with the BN after it folded in, if all tensors are present.
