@@ -847,6 +847,17 @@ impl<'a> ConcatNormArgs<'a> {
             _ => return Err(format!("input {first:?} is neither NCHW nor blocked")),
         };
         let lanes = if blocked { 16 } else { 1 };
+        // every part shaped like the first off the channel axis
+        let off_axis = |s: &[usize]| (s.len(), s.first().copied(), s.get(2..).map(<[_]>::to_vec));
+        if let Some(t) = parts
+            .iter()
+            .find(|t| off_axis(t.shape()) != off_axis(&first))
+        {
+            return Err(format!(
+                "part {:?} does not concatenate with {first:?}",
+                t.shape()
+            ));
+        }
         let planes: Vec<usize> = parts.iter().map(|t| t.shape()[1]).collect();
         let total: usize = planes.iter().sum();
         if total * lanes < c || (total - 1) * lanes >= c {
@@ -879,7 +890,7 @@ impl<'a> ConcatNormArgs<'a> {
     }
 }
 
-/// Infer every value's shape for the given input shapes (params and consts use their own)./// Infer every value's shape for the given input shapes (params and consts use their own).
+/// Infer every value's shape for the given input shapes (params and consts use their own).
 pub fn infer_shapes(
     g: &Graph,
     input_shapes: &[Vec<usize>],

@@ -170,7 +170,6 @@ impl Op {
             Op::ConcatNorm { .. } => (5, 1),
             Op::ConcatNormConv { bias, .. } => (6 + *bias as usize, 1),
             Op::Split { sizes, .. } => (1, sizes.len()),
-            Op::Q(_) => (1, 1),
             _ => (1, 1),
         }
     }

@@ -12,7 +12,7 @@
 use crate::ir::{Graph, Value, ValueId, ValueKind};
 use crate::op::Op;
 use qvision_kernels::conv::Conv2dParams;
-use qvision_tensor::{DType, Tensor};
+use qvision_tensor::Tensor;
 use std::collections::HashMap;
 
 const TO_NHWC: [usize; 4] = [0, 2, 3, 1];
@@ -71,13 +71,8 @@ pub fn sink_channels_last(g: &Graph) -> Graph {
             }
             (Op::Linear { act }, Some(u)) if !s.is_pending(&inputs[1..]) => {
                 if let Some((params, w)) = as_conv(g, inputs[1]) {
-                    let wid = ValueId(out.values.len());
-                    out.values.push(Value {
-                        name: format!("{}.weight(1x1)", node.name),
-                        kind: ValueKind::Const,
-                        dtype: DType::F32,
-                        shape: Some(w.shape().to_vec()),
-                    });
+                    let name = format!("{}.weight(1x1)", node.name);
+                    let wid = super::push_const(&mut out.values, &name, &w);
                     out.tensors.insert(wid, w);
                     let mut ins = vec![u, wid];
                     ins.extend(inputs.get(2).copied());

@@ -10,16 +10,10 @@ use std::collections::{HashMap, HashSet};
 
 /// The graph with every fusable concat-norm(-act) chain as one node.
 pub fn fuse_concat_norm(g: &Graph) -> Graph {
-    let uses = g.use_counts();
-    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
-    // values read exactly once, by a node that is not a graph output
-    let single = |v: ValueId| uses[v.0] == 1 && !outputs.contains(&v);
-    let mut producer: HashMap<ValueId, usize> = HashMap::new();
+    let single = single_reader(g);
+    let producer = producers(g);
     let mut reader: HashMap<ValueId, usize> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        for &o in &n.outputs {
-            producer.insert(o, i);
-        }
         for &v in &n.inputs {
             reader.insert(v, i);
         }
@@ -64,14 +58,8 @@ pub fn fuse_concat_norm(g: &Graph) -> Graph {
 /// the `ConcatNorm` it alone reads: one [`Op::ConcatNormConv`]. Run after
 /// [`super::to_blocked_layout`].
 pub fn fuse_concat_norm_conv(g: &Graph) -> Graph {
-    let uses = g.use_counts();
-    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
-    let mut producer: HashMap<ValueId, usize> = HashMap::new();
-    for (i, n) in g.nodes.iter().enumerate() {
-        for &o in &n.outputs {
-            producer.insert(o, i);
-        }
-    }
+    let single = single_reader(g);
+    let producer = producers(g);
     let mut replace = HashMap::new();
     let mut skip = HashSet::new();
     for (i, n) in g.nodes.iter().enumerate() {
@@ -94,7 +82,7 @@ pub fn fuse_concat_norm_conv(g: &Graph) -> Graph {
         let Op::ConcatNorm { eps, act: norm_act } = g.nodes[ci].op else {
             continue;
         };
-        if !one_by_one || uses[x.0] != 1 || outputs.contains(&x) {
+        if !one_by_one || !single(x) {
             continue;
         }
         let mut inputs = g.nodes[ci].inputs.clone();
@@ -110,6 +98,24 @@ pub fn fuse_concat_norm_conv(g: &Graph) -> Graph {
         replace.insert(i, (n.name.clone(), op, inputs, n.outputs[0]));
     }
     rebuild(g, replace, &skip)
+}
+
+/// Whether a value is read by exactly one node and is not a graph output.
+fn single_reader(g: &Graph) -> impl Fn(ValueId) -> bool {
+    let uses = g.use_counts();
+    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    move |v| uses[v.0] == 1 && !outputs.contains(&v)
+}
+
+/// The node that computes each value.
+fn producers(g: &Graph) -> HashMap<ValueId, usize> {
+    let mut producer = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &o in &n.outputs {
+            producer.insert(o, i);
+        }
+    }
+    producer
 }
 
 /// `g` with node `i` replaced by `replace[i]` (name, op, inputs, output) and `skip`ped nodes

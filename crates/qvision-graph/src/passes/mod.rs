@@ -199,7 +199,7 @@ pub fn optimize_for_inference_with_aliases(
     Ok((out, resolved))
 }
 
-fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> ValueId {
+pub(super) fn push_const(values: &mut Vec<crate::ir::Value>, name: &str, t: &Tensor) -> ValueId {
     values.push(crate::ir::Value {
         name: name.to_string(),
         kind: ValueKind::Const,
