@@ -247,11 +247,7 @@ impl BlockedConv {
         // Work items: (image, output block, row, chunk of CHUNK pixels).
         const CHUNK: usize = 8 * NPX;
         // ReLU / ReLU6 (and the residual before them) are applied by the dense kernels' store
-        let clamp = match act {
-            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-            Some(Activation::Relu6) => Some((0.0, 6.0)),
-            _ => None,
-        };
+        let clamp = clamp_of(act);
         out.par_chunks_mut(row.max(1))
             .enumerate()
             .for_each(|(r, row_dst)| {
@@ -341,6 +337,15 @@ impl BlockedConv {
                     });
             });
         Ok((out, oh, ow))
+    }
+}
+
+/// ReLU / ReLU6 as the `(lo, hi)` clamp the kernels apply in their store.
+fn clamp_of(act: Option<Activation>) -> Option<(f32, f32)> {
+    match act {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Relu6) => Some((0.0, 6.0)),
+        _ => None,
     }
 }
 
@@ -445,35 +450,24 @@ impl BlockedConv {
             pool::recycle(cat);
             return Ok(y);
         }
-        let (groups, per_group) = (1, ob);
-        let clamp = match act {
-            Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-            Some(Activation::Relu6) => Some((0.0, 6.0)),
-            _ => None,
-        };
+        let clamp = clamp_of(act);
         let mut out = pool::take(n * ob * hw * B);
-        // tasks: (image, tile, first output block, the tile's slice of each of its blocks)
-        let mut tasks = Vec::with_capacity(n * tiles * groups);
+        // tasks: (image, tile, the tile's slice of every output block)
+        let mut tasks = Vec::with_capacity(n * tiles);
         for (img, planes) in out.chunks_mut(ob * hw * B).enumerate() {
             let mut rows: Vec<_> = planes
                 .chunks_mut(hw * B)
                 .map(|pl| pl.chunks_mut(tile * B))
                 .collect();
             for t in 0..tiles {
-                let mut slices: Vec<&mut [f32]> = rows
+                let slices: Vec<&mut [f32]> = rows
                     .iter_mut()
                     .map(|r| r.next().expect("one slice per tile"))
                     .collect();
-                for gi in (0..groups).rev() {
-                    let o0 = (gi * per_group).min(ob);
-                    let group: Vec<&mut [f32]> = slices.drain(o0..).collect();
-                    if !group.is_empty() {
-                        tasks.push((img, t, o0, group));
-                    }
-                }
+                tasks.push((img, t, slices));
             }
         }
-        tasks.into_par_iter().for_each(|(img, t, o0, dsts)| {
+        tasks.into_par_iter().for_each(|(img, t, dsts)| {
             let p0 = t * tile;
             let np = dsts[0].len() / B;
             STAGE.with(|stage| {
@@ -502,8 +496,7 @@ impl BlockedConv {
                     last: p.in_channels - (ib - 1) * B,
                 };
                 let k = ib * B * B;
-                for (i, dst) in dsts.into_iter().enumerate() {
-                    let obi = o0 + i;
+                for (obi, dst) in dsts.into_iter().enumerate() {
                     let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
                         .try_into()
                         .expect("16 lanes");

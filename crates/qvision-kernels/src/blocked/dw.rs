@@ -70,6 +70,8 @@ pub(crate) fn row(isa: Isa, r: &DwRow<'_>, dst: &mut [f32]) {
     let (ky_rows, nk) = rows(r);
     let ky_rows = &ky_rows[..nk];
     let n = dst.len() / B;
+    // the bounds the AVX-512 border kernel relies on, checked once per row
+    let plane_ok = r.x.len() >= r.h * r.w * B && r.wk.len() >= r.p.kernel[0] * r.p.kernel[1] * B;
     let mut i = 0;
     while i < n {
         let ox = r.x0 + i;
@@ -86,8 +88,7 @@ pub(crate) fn row(isa: Isa, r: &DwRow<'_>, dst: &mut [f32]) {
         if done == 0 {
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {
-                let p = r.p;
-                assert!(r.x.len() >= r.h * r.w * B && r.wk.len() >= p.kernel[0] * p.kernel[1] * B);
+                assert!(plane_ok, "depthwise plane and weights sizes");
                 // SAFETY: AVX-512F was detected (isa); the assert bounds the plane and the
                 // weights, and the border kernel reads only in-bounds taps.
                 unsafe { x86::border(r, ky_rows, ox, &mut dst[i * B..(i + 1) * B]) };
