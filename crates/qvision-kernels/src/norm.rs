@@ -232,51 +232,67 @@ pub fn layer_norm_2d(
         ));
     }
     // per pixel: the mean as f32 hi + lo parts, and 1 / std
-    let mut hi = vec![0.0f32; n * hw];
-    let mut lo = vec![0.0f32; n * hw];
-    let mut inv = vec![0.0f32; n * hw];
-    {
+    let moments = {
         let x: &[f32] = x;
-        hi.par_chunks_mut(TILE)
-            .zip(lo.par_chunks_mut(TILE))
-            .zip(inv.par_chunks_mut(TILE))
-            .enumerate()
-            .for_each(|(t, ((h, l), iv))| {
-                let p0 = t * TILE;
-                let stats = PixelStats { x, c, hw, p0, eps };
-                nchw_stats(
-                    isa,
-                    &stats,
-                    Moments {
-                        hi: h,
-                        lo: l,
-                        inv: iv,
-                    },
-                );
-            });
-    }
+        PixelMoments::compute(n * hw, TILE, |p0, m| {
+            nchw_stats(isa, &PixelStats { x, c, hw, p0, eps }, m)
+        })
+    };
     x.par_chunks_mut(hw.max(1))
         .enumerate()
         .for_each(|(plane, row)| {
             let (img, ch) = (plane / c, plane % c);
-            let px = img * hw..(img + 1) * hw;
-            let m = Mean {
-                hi: &hi[px.clone()],
-                lo: &lo[px.clone()],
-                inv: &inv[px],
-            };
-            normalise(isa, row, &m, gamma[ch], beta[ch]);
+            normalise(isa, row, &moments.image(img, hw), gamma[ch], beta[ch]);
         });
     Ok(())
 }
 
-/// One tile of pixels (`p0..`, a flat index over `n * hw`) for the statistics pass.
-struct PixelStats<'a> {
-    x: &'a [f32],
-    c: usize,
-    hw: usize,
-    p0: usize,
-    eps: f32,
+/// Per-pixel statistics over `n * hw` pixels, as [`Moments`] describes them.
+pub(crate) struct PixelMoments {
+    hi: Vec<f32>,
+    lo: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl PixelMoments {
+    /// Filled tile by tile in parallel: `tile_stats(p0, moments)` writes pixels `p0..`.
+    pub(crate) fn compute(
+        pixels: usize,
+        tile: usize,
+        tile_stats: impl Fn(usize, Moments<'_>) + Sync + Send,
+    ) -> Self {
+        let mut m = PixelMoments {
+            hi: vec![0.0; pixels],
+            lo: vec![0.0; pixels],
+            inv: vec![0.0; pixels],
+        };
+        m.hi.par_chunks_mut(tile)
+            .zip(m.lo.par_chunks_mut(tile))
+            .zip(m.inv.par_chunks_mut(tile))
+            .enumerate()
+            .for_each(|(t, ((hi, lo), inv))| tile_stats(t * tile, Moments { hi, lo, inv }));
+        m
+    }
+
+    /// The statistics of image `img`'s `hw` pixels.
+    pub(crate) fn image(&self, img: usize, hw: usize) -> Mean<'_> {
+        let px = img * hw..(img + 1) * hw;
+        Mean {
+            hi: &self.hi[px.clone()],
+            lo: &self.lo[px.clone()],
+            inv: &self.inv[px],
+        }
+    }
+}
+
+/// One tile of pixels (`p0..`, a flat index over `n * hw`) for the statistics pass (NCHW
+/// here, blocked in `crate::blocked::norm`).
+pub(crate) struct PixelStats<'a> {
+    pub x: &'a [f32],
+    pub c: usize,
+    pub hw: usize,
+    pub p0: usize,
+    pub eps: f32,
 }
 
 /// Per-pixel statistics being written: the mean is summed in f64 and kept as `hi + lo` (two

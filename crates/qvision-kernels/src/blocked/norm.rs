@@ -3,7 +3,7 @@
 
 use super::{blocks, B};
 use crate::isa::Isa;
-use crate::norm::{split_mean, Mean, Moments};
+use crate::norm::{split_mean, Mean, Moments, PixelMoments, PixelStats as Stats};
 use crate::{shape_err, KernelError};
 use rayon::prelude::*;
 
@@ -30,34 +30,12 @@ pub fn layer_norm_2d(
             format!("{c} channels do not match the input or affine"),
         ));
     }
-    let mut hi = vec![0.0f32; n * hw];
-    let mut lo = vec![0.0f32; n * hw];
-    let mut inv = vec![0.0f32; n * hw];
-    {
+    let moments = {
         let x: &[f32] = x;
-        hi.par_chunks_mut(TILE)
-            .zip(lo.par_chunks_mut(TILE))
-            .zip(inv.par_chunks_mut(TILE))
-            .enumerate()
-            .for_each(|(t, ((h, l), iv))| {
-                let s = Stats {
-                    x,
-                    c,
-                    hw,
-                    p0: t * TILE,
-                    eps,
-                };
-                stats(
-                    isa,
-                    &s,
-                    Moments {
-                        hi: h,
-                        lo: l,
-                        inv: iv,
-                    },
-                );
-            });
-    }
+        PixelMoments::compute(n * hw, TILE, |p0, m| {
+            stats(isa, &Stats { x, c, hw, p0, eps }, m)
+        })
+    };
     // gamma and beta padded with zeros: padding lanes come out zero
     let mut g = vec![0.0f32; cb * B];
     let mut b = vec![0.0f32; cb * B];
@@ -67,26 +45,12 @@ pub fn layer_norm_2d(
         .enumerate()
         .for_each(|(plane, dst)| {
             let (img, blk) = (plane / cb, plane % cb);
-            let px = img * hw..(img + 1) * hw;
-            let m = Mean {
-                hi: &hi[px.clone()],
-                lo: &lo[px.clone()],
-                inv: &inv[px],
-            };
+            let m = moments.image(img, hw);
             let gb: &[f32; B] = g[blk * B..][..B].try_into().expect("16 lanes");
             let bb: &[f32; B] = b[blk * B..][..B].try_into().expect("16 lanes");
             normalise(isa, dst, &m, gb, bb);
         });
     Ok(())
-}
-
-/// A tile of pixels `p0..` (a flat index over `n * hw`).
-struct Stats<'a> {
-    x: &'a [f32],
-    c: usize,
-    hw: usize,
-    p0: usize,
-    eps: f32,
 }
 
 /// Mean (summed in f64, kept as f32 `hi + lo`) and `1 / std` per pixel, as the NCHW kernel.
