@@ -234,7 +234,7 @@ impl PreparedQConv {
             let pb = &packed[s];
             let my_blocks = plan.blocks(pb, k);
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * AMX_MR];
-            let mut scratch = vec![];
+            let mut scratch = super::conv::RowScratch::default();
             let mut panel = vec![0u8; nk * AMX_MR * KC];
             let mut btail = vec![0u8; 2 * TROWS * KC];
             let mut acc = vec![0i32; AMX_MR * NBLK];

@@ -401,7 +401,7 @@ impl PreparedQConv {
             let pb = &packed[s];
             let my_blocks = plan.blocks(pb, k);
             let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
-            let mut scratch = vec![];
+            let mut scratch = RowScratch::default();
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
             for tile in plan.run(c) {
@@ -658,6 +658,14 @@ pub(super) struct Geom {
     pub(super) cout: usize,
 }
 
+/// A work item's gathered rows for [`Src::Im2col`]: the rows of pixels `first..`, kept while
+/// the following tiles read them.
+#[derive(Default)]
+pub(super) struct RowScratch {
+    rows: Vec<u8>,
+    first: Option<usize>,
+}
+
 /// Where a GEMM conv's rows come from.
 pub(super) enum Src<'a> {
     /// The NHWC input, read in place through one row pointer per tap.
@@ -691,31 +699,27 @@ impl Src<'_> {
         p0: usize,
         mr: usize,
         rows: &mut [RowPtr],
-        scratch: &mut Vec<u8>,
+        scratch: &mut RowScratch,
     ) {
         match self {
             Src::Direct(x) => g.fill_rows(p, x, zbuf, col, len, p0, mr, rows),
             Src::Im2col(ic) => {
                 // Rows are gathered `AHEAD` tiles at a time (ResNet's int8 stem -20 %): one
                 // pixel-index setup per gather instead of per tile, and a tile's bytes were
-                // stored tiles before it reads them. `scratch` starts with the first gathered
-                // pixel's index.
+                // stored tiles before it reads them.
                 const AHEAD: usize = 8;
-                const HEAD: usize = std::mem::size_of::<usize>();
                 let stride = ic.stride();
                 let span = AHEAD * mr;
-                let first = (scratch.len() >= HEAD)
-                    .then(|| usize::from_ne_bytes(scratch[..HEAD].try_into().expect("head")));
-                let cached = first.filter(|&f| p0 >= f && p0 + mr <= f + span);
+                let cached = scratch.first.filter(|&f| p0 >= f && p0 + mr <= f + span);
                 let first = match cached {
                     Some(f) => f,
                     None => {
-                        scratch.resize(HEAD + span * stride, 0);
-                        scratch[..HEAD].copy_from_slice(&p0.to_ne_bytes());
+                        scratch.rows.resize(span * stride, 0);
+                        scratch.first = Some(p0);
                         let g0 = ic.g;
                         let m = g0.n * g0.oh * g0.ow;
                         let mut px = Pixel::at(g0, p0.min(m - 1));
-                        for (i, row) in scratch[HEAD..].chunks_exact_mut(stride).enumerate() {
+                        for (i, row) in scratch.rows.chunks_exact_mut(stride).enumerate() {
                             if p0 + i >= m {
                                 // past the end: the last pixel again (its results are dropped)
                                 let last = Pixel::at(g0, m - 1);
@@ -729,7 +733,7 @@ impl Src<'_> {
                     }
                 };
                 for (i, r) in rows.iter_mut().enumerate().take(mr) {
-                    *r = RowPtr(scratch[HEAD + (p0 - first + i) * stride..].as_ptr());
+                    *r = RowPtr(scratch.rows[(p0 - first + i) * stride..].as_ptr());
                 }
             }
         }
