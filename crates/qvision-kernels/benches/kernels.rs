@@ -30,6 +30,19 @@ fn time(mut f: impl FnMut()) -> f64 {
     v[v.len() / 2]
 }
 
+/// A `k x k` conv with "same" padding (`k / 2`).
+fn square(cin: usize, cout: usize, k: usize, s: usize, groups: usize) -> Conv2dParams {
+    Conv2dParams {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    }
+}
+
 struct Case {
     name: String,
     flops: f64,
@@ -47,15 +60,7 @@ fn conv(
     hw: usize,
     act: Option<Activation>,
 ) -> Case {
-    let p = Conv2dParams {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [s, s],
-        padding: [k / 2, k / 2],
-        dilation: [1, 1],
-        groups,
-    };
+    let p = square(cin, cout, k, s, groups);
     let w = qvision_kernels::reference::pseudo_random(p.weight_len(), 1);
     let b = qvision_kernels::reference::pseudo_random(cout, 2);
     let c = BlockedConv::new(p, &w, Some(&b)).expect("blocked geometry");
@@ -95,15 +100,7 @@ fn layer_norm(c: usize, hw: usize) -> Case {
 /// concatenation written out first (`concat_affine`, then the conv).
 fn dense_layer(blocks_in: usize, hw: usize, fused: bool) -> Case {
     use qvision_kernels::blocked::conv::ConcatNormInput;
-    let p = Conv2dParams {
-        in_channels: blocks_in * B,
-        out_channels: 128,
-        kernel: [1, 1],
-        stride: [1, 1],
-        padding: [0, 0],
-        dilation: [1, 1],
-        groups: 1,
-    };
+    let p = square(blocks_in * B, 128, 1, 1, 1);
     let w = qvision_kernels::reference::pseudo_random(p.weight_len(), 1);
     let b = qvision_kernels::reference::pseudo_random(128, 2);
     let c = BlockedConv::new(p, &w, Some(&b)).expect("blocked geometry");
@@ -164,15 +161,7 @@ fn dense_layer(blocks_in: usize, hw: usize, fused: bool) -> Case {
 #[allow(clippy::too_many_arguments)]
 fn qconv(name: &str, cin: usize, cout: usize, k: usize, s: usize, hw: usize, res: bool) -> Case {
     use qvision_kernels::qnhwc::{PreparedQConv, QConvOutput};
-    let p = Conv2dParams {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [s, s],
-        padding: [k / 2, k / 2],
-        dilation: [1, 1],
-        groups: 1,
-    };
+    let p = square(cin, cout, k, s, 1);
     let w: Vec<i8> = (0..p.weight_len())
         .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
         .collect();
