@@ -59,7 +59,8 @@ fn take_from<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T>
     }
 }
 
-/// The smallest `2^(k/4)`-step size (rounded up to whole 4 KiB of f32) that holds `len`.
+/// The smallest `2^(k/4)`-step size (rounded up to a multiple of 1024 elements) that holds
+/// `len`; lengths under 1024 are kept as they are.
 fn size_class(len: usize) -> usize {
     if len < 1024 {
         return len;
