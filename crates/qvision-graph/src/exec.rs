@@ -5,7 +5,7 @@ use crate::ir::{Graph, ValueId, ValueKind};
 use crate::op::Op;
 use crate::{passes, GraphError};
 use qvision_kernels::blocked::{self, conv::BlockedConv};
-use qvision_kernels::conv::PreparedConv;
+use qvision_kernels::conv::{Conv2dParams, PreparedConv};
 use qvision_kernels::elementwise::{
     binary, binary_broadcast_in_place, broadcast_shape, softmax_rows, BinaryOp,
 };
@@ -40,6 +40,11 @@ enum Prepared {
     Conv(PreparedConv),
     Q(crate::exec_q::QPrepared),
     Blocked(BlockedConv),
+    /// A depthwise conv and the 1x1 conv after it ([`Op::DwProjectConv`]).
+    DwProject {
+        dw: BlockedConv,
+        pw: BlockedConv,
+    },
     /// Weight transposed to `in x out`, and the bias.
     Linear {
         wt: Vec<f32>,
@@ -70,7 +75,8 @@ impl Session {
                     && std::env::var("QVISION_LAYOUT").map_or(true, |v| v != "nchw")
             });
             if blocked {
-                passes::fuse_concat_norm_conv(&passes::to_blocked_layout(&g))
+                let g = passes::fuse_concat_norm_conv(&passes::to_blocked_layout(&g));
+                passes::fuse_dw_project(&g)
             } else {
                 g
             }
@@ -120,17 +126,26 @@ impl Session {
         inputs: Vec<Tensor>,
         observe: &mut (dyn FnMut(&crate::ir::Node, &[Tensor]) + Send),
     ) -> Result<Vec<Tensor>, GraphError> {
-        match &self.pool {
-            Some(p) => p.install(|| with_hot_workers(|| self.run_inner(inputs, observe))),
-            None => with_hot_workers(|| self.run_inner(inputs, observe)),
-        }
+        let mut report = String::new();
+        let out = match &self.pool {
+            Some(p) => {
+                p.install(|| with_hot_workers(|| self.run_inner(inputs, observe, &mut report)))
+            }
+            None => with_hot_workers(|| self.run_inner(inputs, observe, &mut report)),
+        };
+        // the profile is printed once the run (and its hot workers) are done: writing to a
+        // terminal takes milliseconds, which would stall the run it describes
+        eprint!("{report}");
+        out
     }
 
     fn run_inner(
         &self,
         inputs: Vec<Tensor>,
         observe: &mut (dyn FnMut(&crate::ir::Node, &[Tensor]) + Send),
+        report: &mut String,
     ) -> Result<Vec<Tensor>, GraphError> {
+        use std::fmt::Write;
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(GraphError::Input {
@@ -146,6 +161,7 @@ impl Session {
         let mut profile = self
             .profile
             .then(std::collections::BTreeMap::<String, (f64, usize, f64)>::new);
+        let mut node_rows = Vec::new();
         for (node, prep) in g.nodes.iter().zip(&self.prepared) {
             let t0 = std::time::Instant::now();
             let outs = run_node(g, node, prep, &mut env, &remaining)
@@ -156,27 +172,21 @@ impl Session {
                     Op::Conv2d { .. }
                     | Op::ConvBlocked { .. }
                     | Op::ConcatNormConv { .. }
+                    | Op::DwProjectConv { .. }
                     | Op::Q(crate::qop::QOp::Conv2d { .. }),
                     Some(y),
                 ) if self.profile => 2.0 * node.op.macs(&[], &[y.shape().to_vec()]) as f64,
                 _ => 0.0,
             };
             if self.profile_nodes {
-                let ms = t0.elapsed().as_secs_f64() * 1e3;
-                let shape = outs
-                    .first()
-                    .map(|t| format!("{:?}", t.shape()))
-                    .unwrap_or_default();
-                let rate = if flops > 0.0 {
-                    format!("{:.1} GFLOP/s", flops / ms / 1e6)
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "  {:<40} {:<12} {shape:<22} {ms:8.3} ms {rate}",
-                    node.name,
-                    node.op.kind()
-                );
+                // reported after the run: writing to stderr between nodes would disturb
+                // the next node's timing
+                node_rows.push((
+                    node,
+                    t0.elapsed().as_secs_f64() * 1e3,
+                    flops,
+                    outs.first().map(|t| t.shape().to_vec()),
+                ));
             }
             if let Some(p) = profile.as_mut() {
                 let key = match (&node.op, prep) {
@@ -184,6 +194,7 @@ impl Session {
                         Op::Conv2d { params, .. }
                         | Op::ConvBlocked { params, .. }
                         | Op::ConcatNormConv { params, .. }
+                        | Op::DwProjectConv { dw: params, .. }
                         | Op::Q(crate::qop::QOp::Conv2d { params, .. }),
                         _,
                     ) => format!(
@@ -229,18 +240,33 @@ impl Session {
                 env[o.0] = Some(t);
             }
         }
+        for (node, ms, flops, shape) in node_rows {
+            let shape = shape.map(|s| format!("{s:?}")).unwrap_or_default();
+            let rate = if flops > 0.0 {
+                format!("{:.1} GFLOP/s", flops / ms / 1e6)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                report,
+                "  {:<40} {:<12} {shape:<22} {ms:8.3} ms {rate}",
+                node.name,
+                node.op.kind()
+            );
+        }
         if let Some(p) = profile {
             let total: f64 = p.values().map(|v| v.0).sum();
             let mut rows: Vec<_> = p.into_iter().collect();
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-            eprintln!("profile of {} ({total:.2} ms):", g.name);
+            let _ = writeln!(report, "profile of {} ({total:.2} ms):", g.name);
             for (k, (ms, n, flops)) in rows {
                 let rate = if flops > 0.0 {
                     format!("{:>6.1} GFLOP/s", flops / ms / 1e6)
                 } else {
                     String::new()
                 };
-                eprintln!(
+                let _ = writeln!(
+                    report,
                     "  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}% {rate}",
                     100.0 * ms / total
                 );
@@ -312,6 +338,35 @@ fn prepare(g: &Graph, n: &crate::ir::Node) -> Result<Prepared, GraphError> {
                 BlockedConv::new(*params, w, b)
                     .map_err(|e| GraphError::from_kernel(&n.name, "ConcatNormConv", e))?,
             )
+        }
+        Op::DwProjectConv {
+            dw,
+            dw_bias,
+            params,
+            bias,
+            ..
+        } => {
+            let conv = |p: Conv2dParams, w: usize, b: bool| {
+                let bias = if b {
+                    Some(f32_of(n.inputs[w + 1])?)
+                } else {
+                    None
+                };
+                BlockedConv::new(p, f32_of(n.inputs[w])?, bias)
+                    .map_err(|e| GraphError::from_kernel(&n.name, "DwProjectConv", e))
+            };
+            let (dw, pw) = (
+                conv(*dw, 1, *dw_bias)?,
+                conv(*params, 2 + *dw_bias as usize, *bias)?,
+            );
+            if !pw.supports_dw_project(&dw) {
+                return Err(GraphError::node(
+                    &n.name,
+                    "DwProjectConv",
+                    "needs a depthwise conv and a 1x1 conv over its (at least 16) channels",
+                ));
+            }
+            Prepared::DwProject { dw, pw }
         }
         Op::Linear { .. } => {
             let wt = g.tensor(n.inputs[1])?;
@@ -476,6 +531,40 @@ fn run_node(
             let xs = f32s(x)?;
             let y = with_residual(&shape, res, *act, |r, a| {
                 conv.run(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
+            })?;
+            one(tensor(shape, y)?)
+        }
+        (
+            Op::DwProjectConv {
+                dw_act,
+                act,
+                residual,
+                ..
+            },
+            Prepared::DwProject { dw, pw },
+        ) => {
+            let x = fetch(g, env, ins[0])?;
+            let [n, cb, h, w, _] = blocked5(x)?;
+            let p = pw.params();
+            if cb != blocked::blocks(p.in_channels) {
+                return Err(format!(
+                    "input has {cb} channel blocks, conv expects {}",
+                    blocked::blocks(p.in_channels)
+                ));
+            }
+            let (oh, ow) = dw.params().output_size(h, w).map_err(ke)?;
+            let shape = vec![n, blocked::blocks(p.out_channels), oh, ow, 16];
+            let res = if *residual {
+                Some(fetch(g, env, ins[ins.len() - 1])?)
+            } else {
+                None
+            };
+            let xs = f32s(x)?;
+            let isa = qvision_kernels::isa::current();
+            let y = with_residual(&shape, res, *act, |r, a| {
+                pw.run_dw_project(isa, dw, xs, n, h, w, *dw_act, r, a)
+                    .map(|o| o.0)
+                    .map_err(ke)
             })?;
             one(tensor(shape, y)?)
         }

@@ -110,6 +110,20 @@ pub enum Op {
         act: Option<Activation>,
         residual: bool,
     },
+    /// `[x, dw_weight, dw_bias?, weight, bias?, residual?]`, blocked: a depthwise conv (`dw`,
+    /// then `dw_act`) and the 1x1 conv that alone reads it (`params`; the residual is added
+    /// before `act`), MobileNetV2's `project(relu6(dw(x)))`. The depthwise output is staged
+    /// per few rows and never written out. Made by [`crate::passes::fuse_dw_project`] after the
+    /// blocked-layout pass.
+    DwProjectConv {
+        dw: Conv2dParams,
+        dw_act: Option<Activation>,
+        dw_bias: bool,
+        params: Conv2dParams,
+        act: Option<Activation>,
+        bias: bool,
+        residual: bool,
+    },
 }
 
 impl Op {
@@ -152,6 +166,7 @@ impl Op {
             Op::ToBlocked => "ToBlocked",
             Op::FromBlocked { .. } => "FromBlocked",
             Op::ConvBlocked { .. } => "ConvBlocked",
+            Op::DwProjectConv { .. } => "DwProjectConv",
             Op::Q(q) => q.kind(),
         }
     }
@@ -169,6 +184,15 @@ impl Op {
             Op::LayerNorm { .. } | Op::LayerNorm2d { .. } => (3, 1),
             Op::ConcatNorm { .. } => (5, 1),
             Op::ConcatNormConv { bias, .. } => (6 + *bias as usize, 1),
+            Op::DwProjectConv {
+                dw_bias,
+                bias,
+                residual,
+                ..
+            } => (
+                3 + *dw_bias as usize + *bias as usize + *residual as usize,
+                1,
+            ),
             Op::Split { sizes, .. } => (1, sizes.len()),
             _ => (1, 1),
         }
@@ -388,6 +412,24 @@ impl Op {
                 conv_ins.extend_from_slice(&ins[k..]);
                 conv.infer_shapes(&conv_ins)?
             }
+            Op::DwProjectConv {
+                dw,
+                params,
+                dw_bias,
+                ..
+            } => {
+                want(self.arity().0)?;
+                let conv = |params: Conv2dParams| Op::ConvBlocked {
+                    params,
+                    act: None,
+                    residual: false,
+                };
+                let k = 2 + *dw_bias as usize;
+                let mid = conv(*dw).infer_shapes(&ins[..k])?.remove(0);
+                let mut pw_ins: Vec<&[usize]> = vec![&mid];
+                pw_ins.extend_from_slice(&ins[k..]);
+                conv(*params).infer_shapes(&pw_ins)?
+            }
             Op::Split { axis, sizes } => {
                 want(1)?;
                 let s = ins[0];
@@ -431,6 +473,13 @@ impl Op {
     /// Multiply-accumulates for one run with these input and output shapes.
     pub fn macs(&self, ins: &[&[usize]], outs: &[Vec<usize>]) -> u64 {
         match self {
+            Op::DwProjectConv { dw, params, .. } => {
+                let [n, _, oh, ow, _] =
+                    <[usize; 5]>::try_from(outs[0].as_slice()).unwrap_or([0; 5]);
+                let per_px = dw.out_channels * dw.kernel[0] * dw.kernel[1]
+                    + params.out_channels * params.in_channels;
+                (n * oh * ow * per_px) as u64
+            }
             Op::ConvBlocked { params, .. } | Op::ConcatNormConv { params, .. } => {
                 let [n, _, oh, ow, _] =
                     <[usize; 5]>::try_from(outs[0].as_slice()).unwrap_or([0; 5]);

@@ -96,6 +96,40 @@ fn layer_norm(c: usize, hw: usize) -> Case {
     }
 }
 
+/// MobileNetV2's `project(relu6(dw(x)))`: fused (`run_dw_project`) or the depthwise output
+/// written out first.
+fn dw_project(c: usize, cout: usize, s: usize, hw: usize, fused: bool) -> Case {
+    let dwp = square(c, c, 3, s, c);
+    let pp = square(c, cout, 1, 1, 1);
+    let rnd = qvision_kernels::reference::pseudo_random;
+    let dw = BlockedConv::new(dwp, &rnd(dwp.weight_len(), 1), Some(&rnd(c, 2))).expect("dw");
+    let pw = BlockedConv::new(pp, &rnd(pp.weight_len(), 3), Some(&rnd(cout, 4))).expect("1x1");
+    let x = rnd(blocks(c) * hw * hw * B, 5);
+    let (oh, ow) = dwp.output_size(hw, hw).expect("geometry");
+    let relu6 = Some(Activation::Relu6);
+    Case {
+        name: format!(
+            "mnv2 dw+project {} {c}->{cout} s{s} {hw}x{hw}",
+            if fused { "fused" } else { "two" }
+        ),
+        flops: 2.0 * (c * oh * ow * (9 + cout)) as f64,
+        run: Box::new(move || {
+            let isa = isa::current();
+            let y = if fused {
+                pw.run_dw_project(isa, &dw, &x, 1, hw, hw, relu6, None, None)
+                    .expect("run")
+                    .0
+            } else {
+                let (m, _, _) = dw.run(&x, 1, hw, hw, None, relu6).expect("run");
+                let (y, _, _) = pw.run(&m, 1, oh, ow, None, None).expect("run");
+                qvision_tensor::pool::recycle(m);
+                y
+            };
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
 /// DenseNet's `conv1(relu(norm1(cat(features))))`: fused (`run_concat_norm`) or the
 /// concatenation written out first (`concat_affine`, then the conv).
 fn dense_layer(blocks_in: usize, hw: usize, fused: bool) -> Case {
@@ -214,6 +248,18 @@ fn main() {
         conv("mnv2 dw", 192, 192, 3, 1, 192, 28, relu6),
         conv("mnv2 dw", 576, 576, 3, 1, 576, 14, relu6),
         conv("mnv2 dw", 960, 960, 3, 1, 960, 7, relu6),
+        dw_project(32, 16, 1, 112, false),
+        dw_project(32, 16, 1, 112, true),
+        dw_project(96, 24, 2, 112, false),
+        dw_project(96, 24, 2, 112, true),
+        dw_project(144, 24, 1, 56, false),
+        dw_project(144, 24, 1, 56, true),
+        dw_project(192, 32, 1, 28, false),
+        dw_project(192, 32, 1, 28, true),
+        dw_project(576, 96, 1, 14, false),
+        dw_project(576, 96, 1, 14, true),
+        dw_project(960, 160, 1, 7, false),
+        dw_project(960, 160, 1, 7, true),
         conv("resnet 3x3", 64, 64, 3, 1, 1, 56, Some(Activation::Relu)),
         conv("resnet 3x3", 512, 512, 3, 1, 1, 7, Some(Activation::Relu)),
         conv(

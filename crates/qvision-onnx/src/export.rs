@@ -535,7 +535,8 @@ impl<'a> Ex<'a> {
                 self.shuffle(ins[0].clone(), &s, *groups, name)
             }
             Op::ToBlocked | Op::FromBlocked { .. } | Op::ConvBlocked { .. } | Op::ConcatNorm { .. }
-            | Op::ConcatNormConv { .. } => {
+            | Op::ConcatNormConv { .. }
+            | Op::DwProjectConv { .. } => {
                 return Err(self.err(
                     name,
                     "runtime-fused and blocked-layout ops are internal; export the graph before the session's passes",

@@ -36,9 +36,11 @@ fn take_from<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T>
             .iter()
             .enumerate()
             .filter(|(_, v)| v.capacity() >= len && v.capacity() <= len.saturating_mul(2).max(4096))
-            .min_by_key(|(_, v)| v.capacity())
+            // the tightest fit; of equal ones the most recently recycled (still in cache)
+            .max_by_key(|(i, v)| (std::cmp::Reverse(v.capacity()), *i))
             .map(|(i, _)| i);
-        best.map(|i| pool.swap_remove(i))
+        // `remove` keeps the others in the order they came back
+        best.map(|i| pool.remove(i))
     };
     match found {
         Some(mut v) => {

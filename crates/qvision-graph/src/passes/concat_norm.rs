@@ -4,6 +4,7 @@
 //! copy, a BatchNorm pass and an activation pass. Run after
 //! [`super::optimize_for_inference`] (BatchNorms that fold into a conv are gone by then).
 
+use super::{producers, rebuild, single_reader};
 use crate::ir::{Graph, ValueId};
 use crate::op::Op;
 use std::collections::{HashMap, HashSet};
@@ -98,54 +99,6 @@ pub fn fuse_concat_norm_conv(g: &Graph) -> Graph {
         replace.insert(i, (n.name.clone(), op, inputs, n.outputs[0]));
     }
     rebuild(g, replace, &skip)
-}
-
-/// Whether a value is read by exactly one node and is not a graph output.
-fn single_reader(g: &Graph) -> impl Fn(ValueId) -> bool {
-    let uses = g.use_counts();
-    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
-    move |v| uses[v.0] == 1 && !outputs.contains(&v)
-}
-
-/// The node that computes each value.
-fn producers(g: &Graph) -> HashMap<ValueId, usize> {
-    let mut producer = HashMap::new();
-    for (i, n) in g.nodes.iter().enumerate() {
-        for &o in &n.outputs {
-            producer.insert(o, i);
-        }
-    }
-    producer
-}
-
-/// `g` with node `i` replaced by `replace[i]` (name, op, inputs, output) and `skip`ped nodes
-/// dropped.
-fn rebuild(
-    g: &Graph,
-    mut replace: HashMap<usize, (String, Op, Vec<ValueId>, ValueId)>,
-    skip: &HashSet<usize>,
-) -> Graph {
-    let mut out = Graph {
-        name: g.name.clone(),
-        values: g.values.clone(),
-        nodes: Vec::with_capacity(g.nodes.len()),
-        inputs: g.inputs.clone(),
-        outputs: g.outputs.clone(),
-        tensors: g.tensors.clone(),
-    };
-    for (i, n) in g.nodes.iter().enumerate() {
-        if let Some((name, op, inputs, output)) = replace.remove(&i) {
-            out.push_node(name, op, inputs, vec![output]);
-        } else if !skip.contains(&i) {
-            out.push_node(
-                n.name.clone(),
-                n.op.clone(),
-                n.inputs.clone(),
-                n.outputs.clone(),
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]

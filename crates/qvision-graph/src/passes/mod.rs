@@ -6,8 +6,10 @@
 
 mod channels_last;
 mod concat_norm;
+mod dw_project;
 pub use channels_last::sink_channels_last;
 pub use concat_norm::{fuse_concat_norm, fuse_concat_norm_conv};
+pub use dw_project::fuse_dw_project;
 
 use crate::ir::{Graph, Node, NodeId, ValueId, ValueKind};
 use crate::op::Op;
@@ -566,5 +568,54 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
         .iter()
         .map(|&o| nchw(&mut out, &repr, &mut to_n, o))
         .collect();
+    out
+}
+// Helpers of the fusion passes (`concat_norm`, `dw_project`).
+
+/// Whether a value is read by exactly one node and is not a graph output.
+fn single_reader(g: &Graph) -> impl Fn(ValueId) -> bool {
+    let uses = g.use_counts();
+    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    move |v| uses[v.0] == 1 && !outputs.contains(&v)
+}
+
+/// The node that computes each value.
+fn producers(g: &Graph) -> HashMap<ValueId, usize> {
+    let mut producer = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &o in &n.outputs {
+            producer.insert(o, i);
+        }
+    }
+    producer
+}
+
+/// `g` with node `i` replaced by `replace[i]` (name, op, inputs, output) and `skip`ped nodes
+/// dropped.
+fn rebuild(
+    g: &Graph,
+    mut replace: HashMap<usize, (String, Op, Vec<ValueId>, ValueId)>,
+    skip: &HashSet<usize>,
+) -> Graph {
+    let mut out = Graph {
+        name: g.name.clone(),
+        values: g.values.clone(),
+        nodes: Vec::with_capacity(g.nodes.len()),
+        inputs: g.inputs.clone(),
+        outputs: g.outputs.clone(),
+        tensors: g.tensors.clone(),
+    };
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let Some((name, op, inputs, output)) = replace.remove(&i) {
+            out.push_node(name, op, inputs, vec![output]);
+        } else if !skip.contains(&i) {
+            out.push_node(
+                n.name.clone(),
+                n.op.clone(),
+                n.inputs.clone(),
+                n.outputs.clone(),
+            );
+        }
+    }
     out
 }

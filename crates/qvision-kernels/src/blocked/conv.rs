@@ -15,10 +15,10 @@ use qvision_tensor::pool;
 use rayon::prelude::*;
 
 /// Pixels per register-blocked run.
-const NPX: usize = 12;
+pub(super) const NPX: usize = 12;
 
 #[derive(Debug)]
-enum Kind {
+pub(super) enum Kind {
     /// `[ob][ib][ky][kx][16 ic][16 oc]`.
     Dense { w: Vec<f32> },
     /// Fewer than 16 input channels, read from an NCHW input: `[ob][ky][kx][cin][16 oc]`
@@ -35,35 +35,35 @@ enum Kind {
 /// A convolution prepared for NCHW16c input and output.
 #[derive(Debug)]
 pub struct BlockedConv {
-    p: Conv2dParams,
-    kind: Kind,
+    pub(super) p: Conv2dParams,
+    pub(super) kind: Kind,
     /// `blocks(out) * 16`, zero padded.
-    bias: Vec<f32>,
+    pub(super) bias: Vec<f32>,
 }
 
 /// Output geometry and the fused epilogue of one call.
 #[derive(Clone, Copy)]
-struct Geom {
-    ib: usize,
-    hp: usize,
-    wp: usize,
+pub(super) struct Geom {
+    pub(super) ib: usize,
+    pub(super) hp: usize,
+    pub(super) wp: usize,
     /// Output pixels in this chunk of the row, starting at output column `x0`.
-    ow: usize,
-    x0: usize,
+    pub(super) ow: usize,
+    pub(super) x0: usize,
     /// Channels per group of a [`Kind::Grouped`] conv (0 otherwise).
-    cg: usize,
+    pub(super) cg: usize,
     /// Input channels in the last of the `ib` input blocks of a dense conv (16 when full): the
     /// zero-padded rest is skipped (MobileNetV2's 24 channels are 1.5 blocks).
-    last: usize,
+    pub(super) last: usize,
 }
 
 /// What the dense kernels apply while storing a run: `acc + residual`, then a clamp
 /// (ReLU / ReLU6), in that order, as `finish_chunk` would.
 #[derive(Clone, Copy)]
-struct Fuse<'a> {
+pub(super) struct Fuse<'a> {
     /// The chunk's residual, laid out like its output.
-    res: Option<&'a [f32]>,
-    clamp: Option<(f32, f32)>,
+    pub(super) res: Option<&'a [f32]>,
+    pub(super) clamp: Option<(f32, f32)>,
 }
 
 impl Fuse<'_> {
@@ -341,7 +341,7 @@ impl BlockedConv {
 }
 
 /// ReLU / ReLU6 as the `(lo, hi)` clamp the kernels apply in their store.
-fn clamp_of(act: Option<Activation>) -> Option<(f32, f32)> {
+pub(super) fn clamp_of(act: Option<Activation>) -> Option<(f32, f32)> {
     match act {
         Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
         Some(Activation::Relu6) => Some((0.0, 6.0)),
@@ -371,8 +371,8 @@ pub struct ConcatNormInput<'a> {
 }
 
 thread_local! {
-    /// Per-thread staging tile of [`BlockedConv::run_concat_norm`].
-    static STAGE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread staging tile of [`BlockedConv::run_concat_norm`] and `run_dw_project`.
+    pub(super) static STAGE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl BlockedConv {
@@ -521,7 +521,7 @@ impl BlockedConv {
 }
 
 /// Output columns whose every horizontal tap lies inside a row of `w` (no padding read).
-fn interior_cols(p: &Conv2dParams, w: usize, ow: usize) -> (usize, usize) {
+pub(super) fn interior_cols(p: &Conv2dParams, w: usize, ow: usize) -> (usize, usize) {
     let (s, pw, span) = (p.stride[1], p.padding[1], (p.kernel[1] - 1) * p.dilation[1]);
     let lo = pw.div_ceil(s);
     // ox * s - pw + span <= w - 1
@@ -734,7 +734,7 @@ fn nchw_row_body<const FMA: bool>(
 macro_rules! row_fn {
     ($name:ident, $body:ident) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name(
+        pub(super) fn $name(
             isa: Isa,
             p: &Conv2dParams,
             g: &Geom,

@@ -7,6 +7,7 @@
 
 pub mod conv;
 mod dw;
+mod dw_project;
 pub mod norm;
 pub mod pool;
 
