@@ -129,12 +129,18 @@ fn quantize_tile_body(t: &NhwcTile<'_>, out: &mut [u8]) {
     let c = t.c;
     let len = out.len() / c;
     const TP: usize = 64;
+    // per channel: quantize a contiguous run (vectorised), then scatter it to every c-th byte
+    let mut run = [0u8; TP];
     for a in (0..len).step_by(TP) {
         let b = (a + TP).min(len);
         for ch in 0..c {
             let src = &t.x[ch * t.hw + t.p0 + a..ch * t.hw + t.p0 + b];
-            for (k, &v) in src.iter().enumerate() {
-                out[(a + k) * c + ch] = to_byte(v * inv, t.q.zero_point);
+            let q = &mut run[..b - a];
+            for (o, &v) in q.iter_mut().zip(src) {
+                *o = to_byte(v * inv, t.q.zero_point);
+            }
+            for (k, &v) in q.iter().enumerate() {
+                out[(a + k) * c + ch] = v;
             }
         }
     }
