@@ -242,11 +242,7 @@ impl Session {
         }
         for (node, ms, flops, shape) in node_rows {
             let shape = shape.map(|s| format!("{s:?}")).unwrap_or_default();
-            let rate = if flops > 0.0 {
-                format!("{:.1} GFLOP/s", flops / ms / 1e6)
-            } else {
-                String::new()
-            };
+            let rate = gflops(flops, ms);
             let _ = writeln!(
                 report,
                 "  {:<40} {:<12} {shape:<22} {ms:8.3} ms {rate}",
@@ -260,11 +256,7 @@ impl Session {
             rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             let _ = writeln!(report, "profile of {} ({total:.2} ms):", g.name);
             for (k, (ms, n, flops)) in rows {
-                let rate = if flops > 0.0 {
-                    format!("{:>6.1} GFLOP/s", flops / ms / 1e6)
-                } else {
-                    String::new()
-                };
+                let rate = gflops(flops, ms);
                 let _ = writeln!(
                     report,
                     "  {k:<28} {n:>4} nodes {ms:>9.3} ms {:>5.1}% {rate}",
@@ -853,6 +845,15 @@ fn run_node(
             one(tensor(shape, y)?)
         }
         (op, _) => Err(format!("{} was not prepared", op.kind())),
+    }
+}
+
+/// `flops` in `ms` as a profile's rate column (empty for ops whose FLOPs are not counted).
+fn gflops(flops: f64, ms: f64) -> String {
+    if flops > 0.0 {
+        format!("{:>6.1} GFLOP/s", flops / ms / 1e6)
+    } else {
+        String::new()
     }
 }
 

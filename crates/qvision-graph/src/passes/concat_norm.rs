@@ -4,7 +4,7 @@
 //! copy, a BatchNorm pass and an activation pass. Run after
 //! [`super::optimize_for_inference`] (BatchNorms that fold into a conv are gone by then).
 
-use super::{producers, rebuild, single_reader};
+use super::{is_pointwise, producers, rebuild, single_reader};
 use crate::ir::{Graph, ValueId};
 use crate::op::Op;
 use std::collections::{HashMap, HashSet};
@@ -73,10 +73,7 @@ pub fn fuse_concat_norm_conv(g: &Graph) -> Graph {
             continue;
         };
         let x = n.inputs[0];
-        let one_by_one = params.kernel == [1, 1]
-            && params.stride == [1, 1]
-            && params.padding == [0, 0]
-            && params.groups == 1;
+        let one_by_one = is_pointwise(&params);
         let Some(&ci) = producer.get(&x) else {
             continue;
         };

@@ -3,7 +3,7 @@
 //! at 112x112 and 56x56 the depthwise output (1.6-1.8 MB) does not fit a core's L2, and the
 //! fused op never writes it out. Run after [`super::to_blocked_layout`].
 
-use super::{producers, rebuild, single_reader};
+use super::{is_pointwise, producers, rebuild, single_reader};
 use crate::ir::Graph;
 use crate::op::Op;
 use std::collections::{HashMap, HashSet};
@@ -24,11 +24,7 @@ pub fn fuse_dw_project(g: &Graph) -> Graph {
             continue;
         };
         // a dense 1x1 over whole blocked input (fewer than 16 channels read NCHW)
-        let one_by_one = params.kernel == [1, 1]
-            && params.stride == [1, 1]
-            && params.padding == [0, 0]
-            && params.groups == 1
-            && params.in_channels >= 16;
+        let one_by_one = is_pointwise(&params) && params.in_channels >= 16;
         let x = n.inputs[0];
         let Some(&di) = producer.get(&x) else {
             continue;

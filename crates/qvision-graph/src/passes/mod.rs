@@ -572,6 +572,11 @@ pub fn to_blocked_layout(g: &Graph) -> Graph {
 }
 // Helpers of the fusion passes (`concat_norm`, `dw_project`).
 
+/// A 1x1, stride-1, unpadded conv of one group: a per-pixel matrix product.
+fn is_pointwise(p: &qvision_kernels::conv::Conv2dParams) -> bool {
+    p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && p.groups == 1
+}
+
 /// Whether a value is read by exactly one node and is not a graph output.
 fn single_reader(g: &Graph) -> impl Fn(ValueId) -> bool {
     let uses = g.use_counts();
