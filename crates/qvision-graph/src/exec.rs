@@ -613,20 +613,26 @@ fn run_node(
                 return Err(format!("input shape {:?} does not end in {inn}", x.shape()));
             }
             let rows = x.numel() / inn;
-            let mut y = buffers::take(rows * out);
-            gemm::matmul(
-                &mut y,
-                Lhs::Plain {
-                    data: f32s(x)?,
-                    rows,
-                    cols: inn,
-                },
-                wt,
-                *out,
-                *out,
-                bias.as_deref().map(Bias::PerCol),
-            )
-            .map_err(ke)?;
+            let mut y = if rows == 1 {
+                // batch 1: bound by streaming the weights (a classifier head)
+                qvision_kernels::gemv::gemv(f32s(x)?, wt, *out, bias.as_deref()).map_err(ke)?
+            } else {
+                let mut y = buffers::take(rows * out);
+                gemm::matmul(
+                    &mut y,
+                    Lhs::Plain {
+                        data: f32s(x)?,
+                        rows,
+                        cols: inn,
+                    },
+                    wt,
+                    *out,
+                    *out,
+                    bias.as_deref().map(Bias::PerCol),
+                )
+                .map_err(ke)?;
+                y
+            };
             if let Some(a) = act {
                 a.apply(&mut y);
             }

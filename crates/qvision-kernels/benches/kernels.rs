@@ -96,6 +96,20 @@ fn layer_norm(c: usize, hw: usize) -> Case {
     }
 }
 
+/// A classifier head at batch 1 (`gemv`); the weights stay in cache here, unlike in a model.
+fn gemv(k: usize, n: usize) -> Case {
+    let rnd = qvision_kernels::reference::pseudo_random;
+    let (x, w, b) = (rnd(k, 1), rnd(k * n, 2), rnd(n, 3));
+    Case {
+        name: format!("gemv {k}x{n}"),
+        flops: 2.0 * (k * n) as f64,
+        run: Box::new(move || {
+            let y = qvision_kernels::gemv::gemv(&x, &w, n, Some(&b)).expect("run");
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
 /// MobileNetV2's `project(relu6(dw(x)))`: fused (`run_dw_project`) or the depthwise output
 /// written out first.
 fn dw_project(c: usize, cout: usize, s: usize, hw: usize, fused: bool) -> Case {
@@ -312,6 +326,8 @@ fn main() {
         qconv("resnet 3x3", 512, 512, 3, 1, 7, false),
         qconv("resnet 3x3 s2", 128, 128, 3, 2, 56, false),
         layer_norm(768, 7),
+        gemv(1280, 1000),
+        gemv(2048, 1000),
     ];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

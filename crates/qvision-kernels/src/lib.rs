@@ -11,6 +11,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemv;
 pub mod isa;
 pub mod layout;
 pub mod norm;
