@@ -1092,26 +1092,11 @@ mod tests {
                 qvision_kernels::reference::pseudo_random(90, 4),
             )
             .unwrap();
-            let plain = SessionOptions {
-                optimize: false,
-                ..Default::default()
-            };
-            let want = Session::new(&g, plain)
-                .unwrap()
-                .run(vec![x.clone()])
-                .unwrap();
+            let want = crate::testutil::run_unoptimized(&g, &x);
             let s = Session::new(&g, SessionOptions::default()).unwrap();
             assert!(s.graph().nodes.iter().all(|n| n.op.kind() != "Mul"));
             let got = s.run(vec![x]).unwrap();
-            assert_eq!(got[0].shape(), want[0].shape());
-            for (p, q) in got[0]
-                .as_f32()
-                .unwrap()
-                .iter()
-                .zip(want[0].as_f32().unwrap())
-            {
-                assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
-            }
+            crate::testutil::assert_close(&got, &want, 1e-5);
         }
     }
 
@@ -1176,15 +1161,6 @@ mod tests {
             qvision_kernels::reference::pseudo_random(486, 5),
         )
         .unwrap();
-        let plain = Session::new(
-            &g,
-            SessionOptions {
-                optimize: false,
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
         let nchw = SessionOptions {
             blocked: Some(false),
             ..Default::default()
@@ -1194,12 +1170,10 @@ mod tests {
             opt.graph().nodes.len() < g.nodes.len(),
             "bn, relu, hardswish and dropout fold away"
         );
-        let a = plain.run(vec![x.clone()]).unwrap();
+        let a = crate::testutil::run_unoptimized(&g, &x);
         let b = opt.run(vec![x]).unwrap();
         assert_eq!(a[0].shape(), &[2, 5]);
-        for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
-            assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
-        }
+        crate::testutil::assert_close(&b, &a, 1e-5);
         assert_eq!(
             count_macs(&g, &[vec![1, 3, 9, 9]]).unwrap(),
             8 * 25 * 27 + 8 * 25 * 9 + 72 * 5
@@ -1227,26 +1201,15 @@ mod tests {
             qvision_kernels::reference::pseudo_random(144, 2),
         )
         .unwrap();
-        let plain = Session::new(
-            &g,
-            SessionOptions {
-                optimize: false,
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
         let nchw = SessionOptions {
             blocked: Some(false),
             ..Default::default()
         };
         let opt = Session::new(&g, nchw).unwrap();
         assert_eq!(opt.graph().nodes.len(), 3, "bn folded, relu6 and add fused");
-        let a = plain.run(vec![x.clone()]).unwrap();
+        let a = crate::testutil::run_unoptimized(&g, &x);
         let b = opt.run(vec![x]).unwrap();
-        for (p, q) in a[0].as_f32().unwrap().iter().zip(b[0].as_f32().unwrap()) {
-            assert!((p - q).abs() < 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
-        }
+        crate::testutil::assert_close(&b, &a, 1e-5);
     }
 
     /// The blocked NCHW16c rewrite computes what the NCHW graph computes: dense and depthwise

@@ -20,6 +20,8 @@ pub mod op;
 pub mod passes;
 pub mod qop;
 pub mod serialize;
+#[cfg(test)]
+mod testutil;
 pub mod weights;
 
 pub use builder::GraphBuilder;

@@ -156,14 +156,7 @@ mod tests {
                 qvision_kernels::reference::pseudo_random(2 * 3 * 156, 3),
             )
             .unwrap();
-            let plain = SessionOptions {
-                optimize: false,
-                ..Default::default()
-            };
-            let want = Session::new(&g, plain)
-                .unwrap()
-                .run(vec![x.clone()])
-                .unwrap();
+            let want = crate::testutil::run_unoptimized(&g, &x);
             for blocked in [false, true] {
                 let opts = SessionOptions {
                     blocked: Some(blocked),
@@ -176,12 +169,7 @@ mod tests {
                 let staged = blocked && c0 % 16 == 0;
                 assert_eq!(kinds.contains(&"ConcatNormConv"), staged, "{kinds:?}");
                 let got = s.run(vec![x.clone()]).unwrap();
-                for (a, b) in got.iter().zip(&want) {
-                    assert_eq!(a.shape(), b.shape());
-                    for (p, q) in a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()) {
-                        assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
-                    }
-                }
+                crate::testutil::assert_close(&got, &want, 1e-4);
             }
         }
     }

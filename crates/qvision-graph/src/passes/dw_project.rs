@@ -155,14 +155,7 @@ mod tests {
                 qvision_kernels::reference::pseudo_random(2 * 3 * h * w, 3),
             )
             .unwrap();
-            let plain = SessionOptions {
-                optimize: false,
-                ..Default::default()
-            };
-            let want = Session::new(&g, plain)
-                .unwrap()
-                .run(vec![x.clone()])
-                .unwrap();
+            let want = crate::testutil::run_unoptimized(&g, &x);
             let opts = SessionOptions {
                 blocked: Some(true),
                 ..Default::default()
@@ -178,13 +171,7 @@ mod tests {
             // the residual block's add is fused into its 1x1 conv first
             assert_eq!(fused, ["b1.pw.conv", "b2.pw.conv", "b3.pw.conv"]);
             let got = s.run(vec![x.clone()]).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (a, b) in got.iter().zip(&want) {
-                assert_eq!(a.shape(), b.shape());
-                for (p, q) in a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()) {
-                    assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
-                }
-            }
+            crate::testutil::assert_close(&got, &want, 1e-4);
         }
     }
 
