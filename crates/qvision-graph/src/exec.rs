@@ -135,7 +135,9 @@ impl Session {
         };
         // the profile is printed once the run (and its hot workers) are done: writing to a
         // terminal takes milliseconds, which would stall the run it describes
-        eprint!("{report}");
+        if !report.is_empty() {
+            eprint!("{report}");
+        }
         out
     }
 
