@@ -96,6 +96,28 @@ fn layer_norm(c: usize, hw: usize) -> Case {
     }
 }
 
+/// ResNet's 3x3 stride-2 max pool after the stem (blocked).
+fn max_pool(c: usize, hw: usize) -> Case {
+    use qvision_kernels::pool::Pool2dParams;
+    let p = Pool2dParams {
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+        dilation: [1, 1],
+        ceil_mode: false,
+    };
+    let x = qvision_kernels::reference::pseudo_random(blocks(c) * hw * hw * B, 1);
+    Case {
+        name: format!("max_pool 3x3 s2 {c} {hw}x{hw}"),
+        flops: 0.0,
+        run: Box::new(move || {
+            let (y, _, _) =
+                qvision_kernels::blocked::pool::max_pool(&p, &x, blocks(c), hw, hw).expect("run");
+            qvision_tensor::pool::recycle(y);
+        }),
+    }
+}
+
 /// A classifier head at batch 1 (`gemv`); the weights stay in cache here, unlike in a model.
 fn gemv(k: usize, n: usize) -> Case {
     let rnd = qvision_kernels::reference::pseudo_random;
@@ -327,6 +349,7 @@ fn main() {
         qconv("resnet 3x3", 512, 512, 3, 1, 7, false),
         qconv("resnet 3x3 s2", 128, 128, 3, 2, 56, false),
         layer_norm(768, 7),
+        max_pool(64, 112),
         gemv(1280, 1000),
         gemv(2048, 1000),
     ];

@@ -90,6 +90,32 @@ fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
         let mut acc = [if MAX { f32::NEG_INFINITY } else { 0.0 }; B];
         let hs = (oy * p.stride[0]) as isize - p.padding[0] as isize;
         let ws = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+        let [kh, kw] = p.kernel;
+        let [dh, dw] = p.dilation;
+        if MAX
+            && hs >= 0
+            && ws >= 0
+            && hs as usize + (kh - 1) * dh < h
+            && ws as usize + (kw - 1) * dw < w
+        {
+            // the whole window inside the plane (most pixels): no per-tap bounds
+            let (hs, ws) = (hs as usize, ws as usize);
+            for ky in 0..kh {
+                let row = &xp[((hs + ky * dh) * w + ws) * B..][..((kw - 1) * dw + 1) * B];
+                for kx in 0..kw {
+                    let v: &[f32; B] = row[kx * dw * B..][..B].try_into().expect("16");
+                    for l in 0..B {
+                        acc[l] = if (v[l] > acc[l]) | v[l].is_nan() {
+                            v[l]
+                        } else {
+                            acc[l]
+                        };
+                    }
+                }
+            }
+            out.copy_from_slice(&acc);
+            continue;
+        }
         let mut count = 0usize;
         for ky in 0..p.kernel[0] {
             let iy = hs + (ky * p.dilation[0]) as isize;
@@ -107,7 +133,7 @@ fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
                     .expect("16");
                 for l in 0..B {
                     acc[l] = if MAX {
-                        if v[l] > acc[l] || v[l].is_nan() {
+                        if (v[l] > acc[l]) | v[l].is_nan() {
                             v[l]
                         } else {
                             acc[l]
@@ -194,6 +220,40 @@ mod tests {
     use crate::blocked::{from_blocked, to_blocked};
     use crate::reference::pseudo_random;
     use proptest::prelude::*;
+
+    #[test]
+    fn max_pool_propagates_nan_inside_and_at_the_border() {
+        // one block, 6x6: a NaN in lane 3 at an interior pixel and in lane 5 at a corner
+        let (h, w) = (6, 6);
+        let mut x = pseudo_random(h * w * B, 7);
+        x[(3 * w + 3) * B + 3] = f32::NAN;
+        x[5] = f32::NAN;
+        let p = Pool2dParams {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+            dilation: [1, 1],
+            ceil_mode: false,
+        };
+        let (y, oh, ow) = max_pool(&p, &x, 1, h, w).unwrap();
+        assert_eq!((oh, ow), (3, 3));
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let px = &y[(oy * ow + ox) * B..][..B];
+                // windows rows 2oy-1..2oy+1: pixel (3, 3) is in windows (1..=2, 1..=2), (0, 0) in (0, 0)
+                assert_eq!(
+                    px[3].is_nan(),
+                    (1..=2).contains(&oy) && (1..=2).contains(&ox),
+                    "({oy}, {ox})"
+                );
+                assert_eq!(px[5].is_nan(), oy == 0 && ox == 0, "({oy}, {ox})");
+                assert!(px
+                    .iter()
+                    .enumerate()
+                    .all(|(l, v)| l == 3 || l == 5 || !v.is_nan()));
+            }
+        }
+    }
 
     proptest! {
         #[test]
