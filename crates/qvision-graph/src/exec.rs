@@ -399,6 +399,39 @@ fn fetch<'a>(g: &'a Graph, env: &'a [Option<Tensor>], id: ValueId) -> Result<&'a
     }
 }
 
+/// The residual operand (the node's last input) of a conv that adds one.
+fn residual_of<'a>(
+    g: &'a Graph,
+    env: &'a [Option<Tensor>],
+    ins: &[ValueId],
+    residual: bool,
+) -> Result<Option<&'a Tensor>, String> {
+    residual
+        .then(|| fetch(g, env, ins[ins.len() - 1]))
+        .transpose()
+}
+
+/// `[n, h, w]` of an NCHW conv input, checked to hold `channels` channels.
+fn nchw_nhw(x: &Tensor, channels: usize) -> Result<[usize; 3], String> {
+    let [n, c, h, w] = nchw(x)?;
+    if c != channels {
+        return Err(format!("input has {c} channels, conv expects {channels}"));
+    }
+    Ok([n, h, w])
+}
+
+/// `[n, h, w]` of a blocked input, checked to hold the blocks of `channels` channels.
+fn blocked_nhw(x: &Tensor, channels: usize) -> Result<[usize; 3], String> {
+    let [n, cb, h, w, _] = blocked5(x)?;
+    if cb != blocked::blocks(channels) {
+        return Err(format!(
+            "input has {cb} channel blocks, conv expects {}",
+            blocked::blocks(channels)
+        ));
+    }
+    Ok([n, h, w])
+}
+
 /// Take the value if this node is its last reader, else copy it.
 fn take(
     g: &Graph,
@@ -472,21 +505,11 @@ fn run_node(
     match (&node.op, prep) {
         (Op::Conv2d { residual, act, .. }, Prepared::Conv(conv)) => {
             let x = fetch(g, env, ins[0])?;
-            let [n, c, h, w] = nchw(x)?;
             let p = conv.params();
-            if c != p.in_channels {
-                return Err(format!(
-                    "input has {c} channels, conv expects {}",
-                    p.in_channels
-                ));
-            }
+            let [n, h, w] = nchw_nhw(x, p.in_channels)?;
             let (oh, ow) = p.output_size(h, w).map_err(ke)?;
             let shape = vec![n, p.out_channels, oh, ow];
-            let res = if *residual {
-                Some(fetch(g, env, ins[ins.len() - 1])?)
-            } else {
-                None
-            };
+            let res = residual_of(g, env, ins, *residual)?;
             let xs = f32s(x)?;
             let y = with_residual(&shape, res, *act, |r, a| {
                 conv.run_with(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
@@ -496,32 +519,14 @@ fn run_node(
         (Op::ConvBlocked { residual, act, .. }, Prepared::Blocked(conv)) => {
             let x = fetch(g, env, ins[0])?;
             let p = conv.params();
-            let (n, h, w) = if conv.nchw_input() {
-                let [n, c, h, w] = nchw(x)?;
-                if c != p.in_channels {
-                    return Err(format!(
-                        "input has {c} channels, conv expects {}",
-                        p.in_channels
-                    ));
-                }
-                (n, h, w)
+            let [n, h, w] = if conv.nchw_input() {
+                nchw_nhw(x, p.in_channels)?
             } else {
-                let [n, cb, h, w, _] = blocked5(x)?;
-                if cb != blocked::blocks(p.in_channels) {
-                    return Err(format!(
-                        "input has {cb} channel blocks, conv expects {}",
-                        blocked::blocks(p.in_channels)
-                    ));
-                }
-                (n, h, w)
+                blocked_nhw(x, p.in_channels)?
             };
             let (oh, ow) = p.output_size(h, w).map_err(ke)?;
             let shape = vec![n, blocked::blocks(p.out_channels), oh, ow, 16];
-            let res = if *residual {
-                Some(fetch(g, env, ins[ins.len() - 1])?)
-            } else {
-                None
-            };
+            let res = residual_of(g, env, ins, *residual)?;
             let xs = f32s(x)?;
             let y = with_residual(&shape, res, *act, |r, a| {
                 conv.run(xs, n, h, w, r, a).map(|o| o.0).map_err(ke)
@@ -538,21 +543,11 @@ fn run_node(
             Prepared::DwProject { dw, pw },
         ) => {
             let x = fetch(g, env, ins[0])?;
-            let [n, cb, h, w, _] = blocked5(x)?;
             let p = pw.params();
-            if cb != blocked::blocks(p.in_channels) {
-                return Err(format!(
-                    "input has {cb} channel blocks, conv expects {}",
-                    blocked::blocks(p.in_channels)
-                ));
-            }
+            let [n, h, w] = blocked_nhw(x, p.in_channels)?;
             let (oh, ow) = dw.params().output_size(h, w).map_err(ke)?;
             let shape = vec![n, blocked::blocks(p.out_channels), oh, ow, 16];
-            let res = if *residual {
-                Some(fetch(g, env, ins[ins.len() - 1])?)
-            } else {
-                None
-            };
+            let res = residual_of(g, env, ins, *residual)?;
             let xs = f32s(x)?;
             let isa = qvision_kernels::isa::current();
             let y = with_residual(&shape, res, *act, |r, a| {
