@@ -104,13 +104,7 @@ fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
                 let row = &xp[((hs + ky * dh) * w + ws) * B..][..((kw - 1) * dw + 1) * B];
                 for kx in 0..kw {
                     let v: &[f32; B] = row[kx * dw * B..][..B].try_into().expect("16");
-                    for l in 0..B {
-                        acc[l] = if (v[l] > acc[l]) | v[l].is_nan() {
-                            v[l]
-                        } else {
-                            acc[l]
-                        };
-                    }
+                    max_into(&mut acc, v);
                 }
             }
             out.copy_from_slice(&acc);
@@ -131,16 +125,12 @@ fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
                 let v: &[f32; B] = xp[(iy as usize * w + ix as usize) * B..][..B]
                     .try_into()
                     .expect("16");
-                for l in 0..B {
-                    acc[l] = if MAX {
-                        if (v[l] > acc[l]) | v[l].is_nan() {
-                            v[l]
-                        } else {
-                            acc[l]
-                        }
-                    } else {
-                        acc[l] + v[l]
-                    };
+                if MAX {
+                    max_into(&mut acc, v);
+                } else {
+                    for l in 0..B {
+                        acc[l] += v[l];
+                    }
                 }
             }
         }
@@ -155,6 +145,19 @@ fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
             acc.iter_mut().for_each(|a| *a /= div);
         }
         out.copy_from_slice(&acc);
+    }
+}
+
+/// `acc = max(acc, v)` per lane, a NaN in `v` propagating (PyTorch's max pool). The `|` (not
+/// `||`) keeps it branch-free, so it compiles to vector compares and a blend.
+#[inline(always)]
+fn max_into(acc: &mut [f32; B], v: &[f32; B]) {
+    for l in 0..B {
+        acc[l] = if (v[l] > acc[l]) | v[l].is_nan() {
+            v[l]
+        } else {
+            acc[l]
+        };
     }
 }
 
