@@ -45,9 +45,9 @@ pub fn gemv_isa(
     if k == 0 || n == 0 {
         return Ok(y);
     }
-    let bands = k.div_ceil(MIN_ROWS).clamp(1, MAX_BANDS);
-    let rows = k.div_ceil(bands);
-    let mut partial = qvision_tensor::pool::take(bands * n);
+    let rows = k.div_ceil(k.div_ceil(MIN_ROWS).clamp(1, MAX_BANDS));
+    // one partial sum per band of `rows` weight rows (the last band may be shorter)
+    let mut partial = qvision_tensor::pool::take(k.div_ceil(rows) * n);
     partial
         .par_chunks_mut(n)
         .zip(w.par_chunks(rows * n))
@@ -56,8 +56,7 @@ pub fn gemv_isa(
             acc.fill(0.0);
             accumulate(isa, xb, wb, acc);
         });
-    // the bands that exist (the last chunking may make fewer than `bands`)
-    for acc in partial.chunks(n).take(k.div_ceil(rows)) {
+    for acc in partial.chunks(n) {
         add_into(isa, &mut y, acc);
     }
     qvision_tensor::pool::recycle(partial);
