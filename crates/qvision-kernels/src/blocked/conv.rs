@@ -170,6 +170,13 @@ impl BlockedConv {
         &self.p
     }
 
+    /// The 16 bias lanes of output block `ob`.
+    pub(super) fn bias_lanes(&self, ob: usize) -> &[f32; B] {
+        self.bias[ob * B..(ob + 1) * B]
+            .try_into()
+            .expect("16 lanes")
+    }
+
     /// Whether the input is NCHW (fewer than 16 input channels) rather than blocked.
     pub fn nchw_input(&self) -> bool {
         matches!(self.kind, Kind::DenseNchwIn { .. })
@@ -254,9 +261,7 @@ impl BlockedConv {
                 let oy = r % oh_r;
                 let obi = (r / oh_r) % ob;
                 let nn = r / (oh_r * ob);
-                let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
-                    .try_into()
-                    .expect("16 lanes");
+                let bias = self.bias_lanes(obi);
                 row_dst
                     .par_chunks_mut(CHUNK * B)
                     .enumerate()
@@ -453,71 +458,85 @@ impl BlockedConv {
         let clamp = clamp_of(act);
         let mut out = pool::take(n * ob * hw * B);
         // tasks: (image, tile, the tile's slice of every output block)
-        let mut tasks = Vec::with_capacity(n * tiles);
-        for (img, planes) in out.chunks_mut(ob * hw * B).enumerate() {
-            let mut rows: Vec<_> = planes
-                .chunks_mut(hw * B)
-                .map(|pl| pl.chunks_mut(tile * B))
-                .collect();
-            for t in 0..tiles {
-                let slices: Vec<&mut [f32]> = rows
-                    .iter_mut()
-                    .map(|r| r.next().expect("one slice per tile"))
-                    .collect();
-                tasks.push((img, t, slices));
-            }
-        }
-        tasks.into_par_iter().for_each(|(img, t, dsts)| {
-            let p0 = t * tile;
-            let np = dsts[0].len() / B;
-            STAGE.with(|stage| {
-                let mut stage = stage.borrow_mut();
-                stage.resize(ib * np * B, 0.0);
-                for (gb, &(k, j)) in source.iter().enumerate() {
-                    let at = ((img * input.blocks[k] + j) * hw + p0) * B;
-                    let src = &input.parts[k][at..at + np * B];
-                    let dst = &mut stage[gb * np * B..(gb + 1) * np * B];
-                    crate::norm::affine_act(
-                        isa,
-                        dst,
-                        src,
-                        &input.scale[gb],
-                        &input.shift[gb],
-                        input.act,
-                    );
-                }
-                let g = Geom {
-                    ib,
-                    hp: 1,
-                    wp: np,
-                    ow: np,
-                    x0: 0,
-                    cg: 0,
-                    last: p.in_channels - (ib - 1) * B,
-                };
-                let k = ib * B * B;
-                for (obi, dst) in dsts.into_iter().enumerate() {
-                    let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
-                        .try_into()
-                        .expect("16 lanes");
-                    let fuse = Fuse { res: None, clamp };
-                    dense_row(
-                        isa,
-                        p,
-                        &g,
-                        &stage[..ib * np * B],
-                        &w[obi * k..(obi + 1) * k],
-                        bias,
-                        0,
-                        dst,
-                        fuse,
-                    );
-                    finish_chunk(isa, dst, None, act.filter(|_| clamp.is_none()));
-                }
+        tile_tasks(&mut out, ob, hw, tile)
+            .into_par_iter()
+            .for_each(|(img, t, dsts)| {
+                let p0 = t * tile;
+                let np = dsts[0].len() / B;
+                STAGE.with(|stage| {
+                    let mut stage = stage.borrow_mut();
+                    stage.resize(ib * np * B, 0.0);
+                    for (gb, &(k, j)) in source.iter().enumerate() {
+                        let at = ((img * input.blocks[k] + j) * hw + p0) * B;
+                        let src = &input.parts[k][at..at + np * B];
+                        let dst = &mut stage[gb * np * B..(gb + 1) * np * B];
+                        crate::norm::affine_act(
+                            isa,
+                            dst,
+                            src,
+                            &input.scale[gb],
+                            &input.shift[gb],
+                            input.act,
+                        );
+                    }
+                    let g = Geom {
+                        ib,
+                        hp: 1,
+                        wp: np,
+                        ow: np,
+                        x0: 0,
+                        cg: 0,
+                        last: p.in_channels - (ib - 1) * B,
+                    };
+                    let k = ib * B * B;
+                    for (obi, dst) in dsts.into_iter().enumerate() {
+                        let bias = self.bias_lanes(obi);
+                        let fuse = Fuse { res: None, clamp };
+                        dense_row(
+                            isa,
+                            p,
+                            &g,
+                            &stage[..ib * np * B],
+                            &w[obi * k..(obi + 1) * k],
+                            bias,
+                            0,
+                            dst,
+                            fuse,
+                        );
+                        finish_chunk(isa, dst, None, act.filter(|_| clamp.is_none()));
+                    }
+                });
             });
-        });
         Ok(out)
     }
+}
+
+/// Tasks over a blocked output `[n][ob][hw][16]` cut into pixel tiles of `tile`: (image, tile,
+/// the tile's slice of every output block), so a task computes all output channels of its
+/// pixels (the fused ops that stage their input per tile).
+#[allow(clippy::type_complexity)]
+pub(super) fn tile_tasks(
+    out: &mut [f32],
+    ob: usize,
+    hw: usize,
+    tile: usize,
+) -> Vec<(usize, usize, Vec<&mut [f32]>)> {
+    let tiles = hw.div_ceil(tile);
+    let mut tasks = Vec::new();
+    for (img, planes) in out.chunks_mut(ob * hw * B).enumerate() {
+        let mut parts: Vec<_> = planes
+            .chunks_mut(hw * B)
+            .map(|pl| pl.chunks_mut(tile * B))
+            .collect();
+        for t in 0..tiles {
+            let slices: Vec<&mut [f32]> = parts
+                .iter_mut()
+                .map(|r| r.next().expect("one slice per tile"))
+                .collect();
+            tasks.push((img, t, slices));
+        }
+    }
+    tasks
 }
 
 /// Output columns whose every horizontal tap lies inside a row of `w` (no padding read).

@@ -5,7 +5,8 @@
 //! more than a core's L2) is never written to memory and read back.
 
 use super::conv::{
-    clamp_of, dense_row, finish_chunk, interior_cols, BlockedConv, Fuse, Geom, Kind, NPX, STAGE,
+    clamp_of, dense_row, finish_chunk, interior_cols, tile_tasks, BlockedConv, Fuse, Geom, Kind,
+    NPX, STAGE,
 };
 use super::dw::{row, DwRow};
 use super::{blocks, B};
@@ -90,81 +91,67 @@ impl BlockedConv {
         let (lo, hi) = interior_cols(&dw.p, w, ow);
         let k = dw.p.kernel[0] * dw.p.kernel[1] * B;
         let mut out = pool::take(n * ob * hw * B);
-        // tasks: (image, tile, the tile's slice of every output block)
-        let mut tasks = Vec::with_capacity(n * tiles);
-        for (img, planes) in out.chunks_mut(ob * hw * B).enumerate() {
-            let mut parts: Vec<_> = planes
-                .chunks_mut(hw * B)
-                .map(|pl| pl.chunks_mut(rows * ow * B))
-                .collect();
-            for t in 0..tiles {
-                let slices: Vec<&mut [f32]> = parts
-                    .iter_mut()
-                    .map(|r| r.next().expect("one slice per tile"))
-                    .collect();
-                tasks.push((img, t, slices));
-            }
-        }
-        tasks.into_par_iter().for_each(|(img, t, dsts)| {
-            let oy0 = t * rows;
-            let np = dsts[0].len() / B;
-            STAGE.with(|stage| {
-                let mut stage = stage.borrow_mut();
-                stage.resize(mb * np * B, 0.0);
-                for bi in 0..mb {
-                    let plane = &x[(img * mb + bi) * h * w * B..][..h * w * B];
-                    let bias: &[f32; B] =
-                        dw.bias[bi * B..(bi + 1) * B].try_into().expect("16 lanes");
-                    let staged = &mut stage[bi * np * B..(bi + 1) * np * B];
-                    for (r, dst) in staged.chunks_mut(ow * B).enumerate() {
-                        let dr = DwRow {
-                            p: &dw.p,
-                            x: plane,
-                            h,
-                            w,
-                            wk: &dww[bi * k..(bi + 1) * k],
-                            bias,
-                            oy: oy0 + r,
-                            x0: 0,
-                            lo,
-                            hi,
-                            clamp: dw_clamp,
-                        };
-                        row(isa, &dr, dst);
-                        finish_chunk(isa, dst, None, dw_left);
+        // a tile is `rows` whole output rows
+        tile_tasks(&mut out, ob, hw, rows * ow)
+            .into_par_iter()
+            .for_each(|(img, t, dsts)| {
+                let oy0 = t * rows;
+                let np = dsts[0].len() / B;
+                STAGE.with(|stage| {
+                    let mut stage = stage.borrow_mut();
+                    stage.resize(mb * np * B, 0.0);
+                    for bi in 0..mb {
+                        let plane = &x[(img * mb + bi) * h * w * B..][..h * w * B];
+                        let bias = dw.bias_lanes(bi);
+                        let staged = &mut stage[bi * np * B..(bi + 1) * np * B];
+                        for (r, dst) in staged.chunks_mut(ow * B).enumerate() {
+                            let dr = DwRow {
+                                p: &dw.p,
+                                x: plane,
+                                h,
+                                w,
+                                wk: &dww[bi * k..(bi + 1) * k],
+                                bias,
+                                oy: oy0 + r,
+                                x0: 0,
+                                lo,
+                                hi,
+                                clamp: dw_clamp,
+                            };
+                            row(isa, &dr, dst);
+                            finish_chunk(isa, dst, None, dw_left);
+                        }
                     }
-                }
-                let g = Geom {
-                    ib: mb,
-                    hp: 1,
-                    wp: np,
-                    ow: np,
-                    x0: 0,
-                    cg: 0,
-                    last: self.p.in_channels - (mb - 1) * B,
-                };
-                let kk = mb * B * B;
-                let p0 = oy0 * ow;
-                for (obi, dst) in dsts.into_iter().enumerate() {
-                    let bias: &[f32; B] = self.bias[obi * B..(obi + 1) * B]
-                        .try_into()
-                        .expect("16 lanes");
-                    let res = residual.map(|r| &r[((img * ob + obi) * hw + p0) * B..][..np * B]);
-                    dense_row(
-                        isa,
-                        &self.p,
-                        &g,
-                        &stage[..mb * np * B],
-                        &pw[obi * kk..(obi + 1) * kk],
-                        bias,
-                        0,
-                        dst,
-                        Fuse { res, clamp },
-                    );
-                    finish_chunk(isa, dst, None, left);
-                }
+                    let g = Geom {
+                        ib: mb,
+                        hp: 1,
+                        wp: np,
+                        ow: np,
+                        x0: 0,
+                        cg: 0,
+                        last: self.p.in_channels - (mb - 1) * B,
+                    };
+                    let kk = mb * B * B;
+                    let p0 = oy0 * ow;
+                    for (obi, dst) in dsts.into_iter().enumerate() {
+                        let bias = self.bias_lanes(obi);
+                        let res =
+                            residual.map(|r| &r[((img * ob + obi) * hw + p0) * B..][..np * B]);
+                        dense_row(
+                            isa,
+                            &self.p,
+                            &g,
+                            &stage[..mb * np * B],
+                            &pw[obi * kk..(obi + 1) * kk],
+                            bias,
+                            0,
+                            dst,
+                            Fuse { res, clamp },
+                        );
+                        finish_chunk(isa, dst, None, left);
+                    }
+                });
             });
-        });
         Ok((out, oh, ow))
     }
 }
