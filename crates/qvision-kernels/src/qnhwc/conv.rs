@@ -1,7 +1,8 @@
 //! [`PreparedQConv`]: a quantized convolution (or linear layer) over NHWC u8 activations.
 
 use super::{
-    float_isa, requant_row_body, run_tile, Epilogue, Fused, OutPtr, PackedQB, RowPtr, MR, NBLK,
+    float_isa, requant_row_body, run_tile, Epilogue, Fused, OutPtr, PackedQB, RowPtr, TileRows, MR,
+    NBLK,
 };
 use crate::conv::Conv2dParams;
 use crate::isa::{self, Int8Isa};
@@ -48,6 +49,10 @@ pub struct PreparedQConv {
     mode: Mode,
     /// Per output channel: `bias - za * colsum` (GEMM) or `bias` (depthwise).
     pub(super) shift: Vec<i32>,
+    /// `[tap][output channel]`: `za * sum of the tap's weights`, what a tap skipped as padding
+    /// leaves out of the sums (GEMM convs over several taps with a nonzero input zero point;
+    /// empty otherwise).
+    tap_zsum: Vec<i32>,
     pub(super) out: QConvOutput,
 }
 
@@ -113,6 +118,7 @@ impl PreparedQConv {
                     paired,
                 },
                 shift: (0..c).map(bias).collect(),
+                tap_zsum: vec![],
                 out,
             });
         }
@@ -131,6 +137,7 @@ impl PreparedQConv {
             return Ok(PreparedQConv {
                 params,
                 shift: gemm_shift(&packed, za, bias),
+                tap_zsum: vec![],
                 mode: Mode::Im2col { kp, packed },
                 out,
             });
@@ -149,9 +156,23 @@ impl PreparedQConv {
                 })
             })
             .collect();
+        let tap_zsum = if za != 0 && taps > 1 {
+            (0..taps)
+                .flat_map(|t| {
+                    (0..p.out_channels).map(move |co| {
+                        za * (0..cin_g)
+                            .map(|ci| weight[(co * cin_g + ci) * taps + t] as i32)
+                            .sum::<i32>()
+                    })
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         Ok(PreparedQConv {
             params,
             shift: gemm_shift(&packed, za, bias),
+            tap_zsum,
             mode: Mode::Gemm { per, packed },
             out,
         })
@@ -338,17 +359,15 @@ impl PreparedQConv {
             }
             for &(col0, nb, off) in &pb.blocks {
                 let width = (pb.n - col0).min(NBLK);
-                run_tile(
-                    isa,
-                    &ptrs,
-                    1,
-                    p.in_channels,
-                    &pb.data[off..],
-                    nb,
-                    &mut acc,
-                    None,
-                );
-                for i in 0..MR.min(rows - p0) {
+                let a = TileRows {
+                    rows: &ptrs,
+                    valid: MR.min(rows - p0),
+                    taps: 1,
+                    skip: 0,
+                    cin: p.in_channels,
+                };
+                run_tile(isa, &a, &pb.data[off..], nb, &mut acc, None);
+                for i in 0..a.valid {
                     let dst = &mut y[(p0 + i) * p.out_channels + col0..][..width];
                     for (j, d) in dst.iter_mut().enumerate() {
                         let c = col0 + j;
@@ -391,54 +410,60 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let plan = Plan::new(p, g, per, packed, MR, self.out.za);
+        let plan = match src {
+            Src::Direct(_) => Plan::with_strips(p, g, per, packed, self.out.za),
+            Src::Im2col(_) => Plan::new(p, g, per, packed, MR, self.out.za),
+        };
         let (cin_sg, cout_sg, taps, m, zbuf) =
             (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let out = OutPtr(y.as_mut_ptr());
         let fisa = float_isa(isa);
         let e0 = self.epilogue(0, None);
+        let (lo, hi) = e0.bounds();
         plan.items.par_iter().for_each(|&(s, c, k)| {
             let pb = &packed[s];
             let my_blocks = plan.blocks(pb, k);
-            let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
+            let run = plan.run(c);
             let mut scratch = RowScratch::default();
             let mut acc = [0i32; MR * NBLK];
             let mut tmp = [0f32; NBLK];
-            for tile in plan.run(c) {
-                let p0 = tile * MR;
-                src.rows(
-                    g,
-                    p,
-                    zbuf,
-                    s * cin_sg,
-                    cin_sg,
-                    p0,
-                    MR,
-                    &mut rows,
-                    &mut scratch,
-                );
-                for &(col0, nb, off) in my_blocks {
+            let mut tshift = [0i32; NBLK];
+            // tile `tile`'s rows into `rows` (`taps * MR`)
+            let mut fill = |tile: usize, rows: &mut [RowPtr]| match (plan.strip(tile), src) {
+                (Some(st), Src::Direct(x)) => {
+                    g.fill_strip(p, x, zbuf, s * cin_sg, cin_sg, st, plan.merge, rows)
+                }
+                _ => {
+                    let p0 = tile * MR;
+                    src.rows(g, p, zbuf, s * cin_sg, cin_sg, p0, MR, rows, &mut scratch);
+                    Filled::flat(p0, MR.min(m - p0))
+                }
+            };
+            // one tile times one output block, requantized into the output
+            let mut block =
+                |rows: &[RowPtr], f: &Filled, (col0, nb, off): (usize, usize, usize)| {
+                    let a = f.tile(rows, p.kernel, cin_sg);
+                    let (valid, skip, pix) = (f.valid, f.skip, &f.pix);
                     let width = (pb.n - col0).min(NBLK);
                     let c0 = s * cout_sg + col0;
-                    let valid = MR.min(m - p0);
+                    let shift = self.tile_shift(skip, c0, width, &mut tshift);
                     let fused = {
                         let mut o = [std::ptr::null_mut(); MR];
                         let mut r = [std::ptr::null(); MR];
                         for i in 0..valid {
-                            let at = (p0 + i) * g.cout + c0;
+                            let at = pix[i] * g.cout + c0;
                             // SAFETY: in bounds of the output (and residual, same layout).
                             o[i] = unsafe { out.get().add(at) };
                             if let Some((rd, _, _)) = residual {
                                 r[i] = rd[at..].as_ptr();
                             }
                         }
-                        let (lo, hi) = e0.bounds();
                         Fused {
                             out: o,
                             residual: residual.map(|(_, z, m)| (r, z, m)),
                             rows: valid,
                             width,
-                            shift: self.shift[c0..].as_ptr(),
+                            shift: shift.as_ptr(),
                             mult: self.out.multiplier[c0..].as_ptr(),
                             lo,
                             hi,
@@ -446,29 +471,69 @@ impl PreparedQConv {
                             act: e0.smooth(),
                         }
                     };
-                    if run_tile(
-                        isa,
-                        &rows,
-                        taps,
-                        cin_sg,
-                        &pb.data[off..],
-                        nb,
-                        &mut acc,
-                        Some(&fused),
-                    ) {
-                        continue;
+                    if run_tile(isa, &a, &pb.data[off..], nb, &mut acc, Some(&fused)) {
+                        return;
                     }
                     for i in 0..valid {
-                        let at = (p0 + i) * g.cout + c0;
-                        let e = self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)));
-                        // SAFETY: row p0+i, columns c0..c0+width of the output belong to this
-                        // item alone (items partition tiles x super-groups x block ranges).
+                        let at = pix[i] * g.cout + c0;
+                        let e = Epilogue {
+                            shift,
+                            ..self.epilogue(c0, residual.map(|(r, z, mr)| (&r[at..], z, mr)))
+                        };
+                        // SAFETY: pixel pix[i], columns c0..c0+width of the output belong to this
+                        // item alone (items partition tiles x super-groups x block ranges, and the
+                        // tiles partition the pixels).
                         let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
                         requant_row(fisa, &acc[i * NBLK..], &e, &mut tmp[..width], o);
+                    }
+                };
+            if plan.blocks_first && my_blocks.len() > 1 && matches!(src, Src::Direct(_)) {
+                // block by block over the whole run (see `Plan::blocks_first`); the run's rows
+                // are filled once
+                let span = taps * MR;
+                let mut rows = vec![RowPtr(zbuf.as_ptr()); run.len() * span];
+                let tiles: Vec<_> = run
+                    .clone()
+                    .zip(rows.chunks_exact_mut(span))
+                    .map(|(tile, r)| fill(tile, r))
+                    .collect();
+                for &b in my_blocks {
+                    for (t, r) in tiles.iter().zip(rows.chunks_exact(span)) {
+                        block(r, t, b);
+                    }
+                }
+            } else {
+                let mut rows = vec![RowPtr(zbuf.as_ptr()); taps * MR];
+                for tile in run {
+                    let t = fill(tile, &mut rows);
+                    for &b in my_blocks {
+                        block(&rows, &t, b);
                     }
                 }
             }
         });
+    }
+
+    /// The shift of output columns `c0..c0 + width` for a tile that skipped the taps in
+    /// `skip`: [`PreparedQConv::shift`] plus what the skipped taps' zero points would have
+    /// added (in `buf`), or the shift itself.
+    fn tile_shift<'a>(
+        &'a self,
+        skip: u64,
+        c0: usize,
+        width: usize,
+        buf: &'a mut [i32; NBLK],
+    ) -> &'a [i32] {
+        if skip == 0 || self.tap_zsum.is_empty() {
+            return &self.shift[c0..];
+        }
+        let cout = self.params.out_channels;
+        buf[..width].copy_from_slice(&self.shift[c0..c0 + width]);
+        for t in (0..64).filter(|t| skip >> t & 1 != 0) {
+            let z = &self.tap_zsum[t * cout + c0..][..width];
+            buf[..width].iter_mut().zip(z).for_each(|(b, z)| *b += z);
+        }
+        &buf[..width]
     }
 
     /// Depthwise on AVX-512: one call per output pixel over all channels.
@@ -910,6 +975,159 @@ impl Geom {
             px.step(g);
         }
     }
+
+    /// Point `rows[t * MR + i]` at the `len` input bytes (from channel `col`) that tap `t` of
+    /// the strip's pixel `i` reads (the zero-point buffer where the tap is padding); rows past
+    /// the strip repeat its last pixel. With `merge` (see [`Plan::merge`]) a strip along a row
+    /// gets one row per kernel row instead: its `kw` taps, `kw * len` contiguous bytes.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn fill_strip(
+        &self,
+        p: &Conv2dParams,
+        x: &[u8],
+        zbuf: &[u8],
+        col: usize,
+        len: usize,
+        st: Strip,
+        merge: bool,
+        rows: &mut [RowPtr],
+    ) -> Filled {
+        let g = self;
+        let taps = p.kernel[0] * p.kernel[1];
+        let n = st.len as usize;
+        let mut pix = [0usize; MR];
+        if merge && !st.down {
+            let [kh, kw] = p.kernel;
+            let (oy, ox0) = (st.oy as usize, st.ox as usize);
+            let mut skip = 0u64;
+            for ky in 0..kh {
+                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                let inside = iy >= 0 && (iy as usize) < g.h;
+                if !inside && ky * kw + kw <= 64 {
+                    skip |= ((1u64 << kw) - 1) << (ky * kw);
+                }
+                for (i, px) in pix.iter_mut().enumerate().take(n) {
+                    let ox = ox0 + i;
+                    *px = (st.bi as usize * g.oh + oy) * g.ow + ox;
+                    rows[ky * MR + i] = if inside {
+                        // an interior column: its kw taps lie inside the row
+                        let ix = ox * p.stride[1] - p.padding[1];
+                        let at = ((st.bi as usize * g.h + iy as usize) * g.w + ix) * g.cin + col;
+                        RowPtr(x[at..at + kw * len].as_ptr())
+                    } else {
+                        RowPtr(zbuf[..kw * len].as_ptr())
+                    };
+                }
+                for i in n..MR {
+                    rows[ky * MR + i] = rows[ky * MR + n - 1];
+                }
+            }
+            for i in n..MR {
+                pix[i] = pix[n - 1];
+            }
+            return Filled {
+                valid: n,
+                skip,
+                merged: true,
+                pix,
+            };
+        }
+        let mut skip = if taps <= 64 {
+            u64::MAX >> (64 - taps)
+        } else {
+            0
+        };
+        for i in 0..n {
+            let (oy, ox) = if st.down {
+                (st.oy as usize + i, st.ox as usize)
+            } else {
+                (st.oy as usize, st.ox as usize + i)
+            };
+            pix[i] = (st.bi as usize * g.oh + oy) * g.ow + ox;
+            let mut padded = 0u64;
+            for ky in 0..p.kernel[0] {
+                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                for kx in 0..p.kernel[1] {
+                    let ix =
+                        (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                    let t = ky * p.kernel[1] + kx;
+                    rows[t * MR + i] =
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            let at = ((st.bi as usize * g.h + iy as usize) * g.w + ix as usize)
+                                * g.cin
+                                + col;
+                            RowPtr(x[at..at + len].as_ptr())
+                        } else {
+                            if t < 64 {
+                                padded |= 1 << t;
+                            }
+                            RowPtr(zbuf.as_ptr())
+                        };
+                }
+            }
+            skip &= padded;
+        }
+        for i in n..MR {
+            pix[i] = pix[n - 1];
+            for t in 0..taps {
+                rows[t * MR + i] = rows[t * MR + n - 1];
+            }
+        }
+        Filled {
+            valid: n,
+            skip,
+            merged: false,
+            pix,
+        }
+    }
+}
+
+/// A tile's rows as filled: the wanted rows, the (unmerged) taps that are padding for all of
+/// them, whether the rows are merged kernel rows ([`Plan::merge`]), and the output pixels.
+#[derive(Clone, Copy)]
+pub(super) struct Filled {
+    valid: usize,
+    skip: u64,
+    merged: bool,
+    pix: [usize; MR],
+}
+
+impl Filled {
+    /// Pixels `p0..p0 + valid` (a flat tile), nothing skipped.
+    fn flat(p0: usize, valid: usize) -> Self {
+        Filled {
+            valid,
+            skip: 0,
+            merged: false,
+            pix: std::array::from_fn(|i| p0 + i),
+        }
+    }
+
+    /// The tile's A side over `rows`, for a conv of `kernel` taps over `cin` channels: merged,
+    /// `kh` taps of `kw * cin` bytes, skipping whole padded kernel rows.
+    fn tile<'a>(&self, rows: &'a [RowPtr], [kh, kw]: [usize; 2], cin: usize) -> TileRows<'a> {
+        if !self.merged {
+            return TileRows {
+                rows,
+                valid: self.valid,
+                taps: kh * kw,
+                skip: self.skip,
+                cin,
+            };
+        }
+        let whole = (1u64 << kw) - 1;
+        let skip = (0..kh)
+            .filter(|ky| ky * kw + kw <= 64 && (self.skip >> (ky * kw)) & whole == whole)
+            .fold(0, |m, ky| m | 1 << ky);
+        TileRows {
+            rows,
+            valid: self.valid,
+            taps: kh,
+            skip,
+            cin: kw * cin,
+        }
+    }
 }
 
 /// What both GEMM drivers (VNNI, AMX) set up before their parallel loop: the super-group's
@@ -917,6 +1135,12 @@ impl Geom {
 /// taps, and the parallel work items `(super-group, run of tiles, block range)`: about eight
 /// per thread; with few tiles (late, small layers) each super-group's output blocks are split
 /// too, so every thread has work and streams only its share of the weights.
+///
+/// Tiles are `mr` consecutive pixels, or, for a padded conv whose rows are read in place
+/// ([`Plan::with_strips`]), [`Strip`]s: runs along an output row between the columns whose
+/// taps reach into the padding, and runs down each such column. Every pixel of a strip has the
+/// same padding taps along one axis, which the tile then skips (a 3x3 conv over a 7x7 map
+/// multiplies 18 % fewer taps), and no tile wastes rows across a row end.
 pub(super) struct Plan {
     pub cin_sg: usize,
     pub cout_sg: usize,
@@ -924,12 +1148,38 @@ pub(super) struct Plan {
     pub m: usize,
     pub zbuf: Vec<u8>,
     pub items: Vec<(usize, usize, usize)>,
+    strips: Option<Vec<Strip>>,
+    /// Whether strips along a row read each kernel row's `kw` taps as one run of `kw * cin`
+    /// bytes (one pointer, one K loop, instead of `kw`): a strip plan of a dense conv
+    /// (one super-group) over whole quads of channels, undilated along x.
+    pub merge: bool,
+    /// Whether the output blocks were split first (more weights than input): an item then
+    /// runs block by block over all its tiles, so a block's weights stay in L2 while used.
+    pub blocks_first: bool,
     tiles: usize,
     per_chunk: usize,
     bsplit: usize,
 }
 
+/// `len` (1..=MR) output pixels of image `bi` from `(oy, ox)`: along the row, or `down` the
+/// column.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Strip {
+    bi: u32,
+    oy: u32,
+    ox: u32,
+    len: u8,
+    down: bool,
+}
+
+/// `n` split into `n.div_ceil(mr)` runs of near-equal length: `(start, len)`.
+fn balanced(n: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let k = n.div_ceil(mr).max(1);
+    (0..k).map(move |i| (i * n / k, (i + 1) * n / k - i * n / k))
+}
+
 impl Plan {
+    /// A plan over tiles of `mr` consecutive pixels.
     pub(super) fn new(
         p: &Conv2dParams,
         g: &Geom,
@@ -938,23 +1188,61 @@ impl Plan {
         mr: usize,
         za: u8,
     ) -> Self {
+        Self::build(p, g, per, packed, mr, za, None)
+    }
+
+    /// A plan over [`Strip`]s where the conv has padding taps and one super-group, else as
+    /// [`Plan::new`]. (Grouped convs keep the flat tiles: their super-groups are one or two
+    /// vectors wide, and shorter strips cost more than the skipped taps save: RegNet +6 %.)
+    pub(super) fn with_strips(
+        p: &Conv2dParams,
+        g: &Geom,
+        per: usize,
+        packed: &[PackedQB],
+        za: u8,
+    ) -> Self {
+        let strips = (packed.len() == 1).then(|| Strip::tiling(p, g)).flatten();
+        Self::build(p, g, per, packed, MR, za, strips)
+    }
+
+    fn build(
+        p: &Conv2dParams,
+        g: &Geom,
+        per: usize,
+        packed: &[PackedQB],
+        mr: usize,
+        za: u8,
+        strips: Option<Vec<Strip>>,
+    ) -> Self {
         let cin_sg = per * p.in_channels / p.groups;
         let m = g.n * g.oh * g.ow;
-        let tiles = m.div_ceil(mr);
+        let tiles = strips.as_ref().map_or(m.div_ceil(mr), Vec::len);
         let threads = rayon::current_num_threads().max(1);
-        let chunks = (8 * threads).div_ceil(packed.len()).min(tiles).max(1);
-        let per_chunk = tiles.div_ceil(chunks);
-        let base = packed.len() * tiles.div_ceil(per_chunk);
+        let sgs = packed.len().max(1);
         let min_blocks = packed
             .iter()
             .map(|pb| pb.blocks.len())
             .min()
             .unwrap_or(1)
             .max(1);
-        let bsplit = if base < 8 * threads {
-            (8 * threads).div_ceil(base).min(min_blocks)
+        let weights = p.kernel[0] * p.kernel[1] * cin_sg * per * p.out_channels / p.groups;
+        let blocks_first = min_blocks > 1 && weights > g.n * g.h * g.w * cin_sg;
+        let (per_chunk, bsplit) = if blocks_first {
+            // more weights than input (late, small maps): split the output blocks first, so
+            // a block's weights are streamed by few items, each over many tiles
+            let bsplit = (8 * threads).div_ceil(sgs).min(min_blocks);
+            let runs = (4 * threads).div_ceil(sgs * bsplit).min(tiles).max(1);
+            (tiles.div_ceil(runs), bsplit)
         } else {
-            1
+            let chunks = (8 * threads).div_ceil(sgs).min(tiles).max(1);
+            let per_chunk = tiles.div_ceil(chunks);
+            let base = sgs * tiles.div_ceil(per_chunk);
+            let bsplit = if base < 8 * threads {
+                (8 * threads).div_ceil(base).min(min_blocks)
+            } else {
+                1
+            };
+            (per_chunk, bsplit)
         };
         let items = (0..packed.len())
             .flat_map(|s| {
@@ -962,13 +1250,24 @@ impl Plan {
                     .flat_map(move |c| (0..bsplit).map(move |k| (s, c, k)))
             })
             .collect();
+        let taps = p.kernel[0] * p.kernel[1];
+        let merge = strips.is_some()
+            && sgs == 1
+            && cin_sg == p.in_channels
+            && cin_sg.is_multiple_of(4)
+            && p.dilation[1] == 1
+            && p.kernel[1] > 1
+            && taps <= 64;
         Plan {
             cin_sg,
             cout_sg: per * p.out_channels / p.groups,
-            taps: p.kernel[0] * p.kernel[1],
+            taps,
             m,
-            zbuf: vec![za; cin_sg.max(4)],
+            zbuf: vec![za; (p.kernel[1] * cin_sg).max(4)],
             items,
+            strips,
+            merge,
+            blocks_first,
             tiles,
             per_chunk,
             bsplit,
@@ -980,10 +1279,55 @@ impl Plan {
         c * self.per_chunk..((c + 1) * self.per_chunk).min(self.tiles)
     }
 
+    /// Tile `t` as a strip (a strip plan), or `None` (tile `t` is pixels `t*mr..`).
+    pub(super) fn strip(&self, t: usize) -> Option<Strip> {
+        self.strips.as_ref().map(|s| s[t])
+    }
+
     /// The output blocks of block range `k` of a super-group.
     pub(super) fn blocks<'a>(&self, pb: &'a PackedQB, k: usize) -> &'a [(usize, usize, usize)] {
         let n = pb.blocks.len();
         &pb.blocks[k * n / self.bsplit..(k + 1) * n / self.bsplit]
+    }
+}
+
+impl Strip {
+    /// The strips of a conv with padding taps (`None` without): per image and band of up to
+    /// `MR` output rows, the band's run down each edge column on the left, its rows' runs over
+    /// the interior columns, then the runs down the right edge columns (a band's strips touch
+    /// neighbouring input rows).
+    fn tiling(p: &Conv2dParams, g: &Geom) -> Option<Vec<Strip>> {
+        let reach = |o: usize, axis: usize, size: usize| {
+            let i0 = (o * p.stride[axis]) as isize - p.padding[axis] as isize;
+            i0 >= 0 && i0 as usize + (p.kernel[axis] - 1) * p.dilation[axis] < size
+        };
+        let inner_col = |ox| reach(ox, 1, g.w);
+        let l = (0..g.ow).find(|&ox| inner_col(ox)).unwrap_or(g.ow);
+        let r = (l..g.ow).rfind(|&ox| inner_col(ox)).map_or(l, |ox| ox + 1);
+        if l == 0 && r == g.ow && (0..g.oh).all(|oy| reach(oy, 0, g.h)) {
+            return None;
+        }
+        let at = |bi: usize, oy: usize, ox: usize, len: usize, down: bool| Strip {
+            bi: bi as u32,
+            oy: oy as u32,
+            ox: ox as u32,
+            len: len as u8,
+            down,
+        };
+        let mut strips = vec![];
+        for bi in 0..g.n {
+            for (y0, rows) in balanced(g.oh, MR) {
+                strips.extend((0..l).map(|ox| at(bi, y0, ox, rows, true)));
+                for oy in y0..y0 + rows {
+                    strips.extend(
+                        balanced(r - l, MR).map(|(x0, len)| at(bi, oy, l + x0, len, false)),
+                    );
+                }
+                strips.extend((r..g.ow).map(|ox| at(bi, y0, ox, rows, true)));
+            }
+        }
+        strips.retain(|s| s.len > 0);
+        Some(strips)
     }
 }
 

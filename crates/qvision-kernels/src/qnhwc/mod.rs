@@ -212,20 +212,40 @@ impl Epilogue<'_> {
     }
 }
 
-/// Run one micro-tile: `rows[t*MR + i]` points at `cin` readable bytes (tap `t` of row `i`);
-/// accumulators land in `acc` (row stride [`NBLK`]), or, where the ISA has a fused epilogue and
-/// `fused` is given, the requantized bytes land in the output directly (returns `true`).
+/// The A side of one micro-tile: `rows[t*MR + i]` points at `cin` readable bytes (tap `t` of
+/// row `i`). Only the first `valid` rows are wanted (the others repeat a valid row); taps whose
+/// bit is set in `skip` are padding for every wanted row and are not multiplied (their
+/// zero-point share must be in the shift the caller uses).
+#[derive(Clone, Copy)]
+pub(crate) struct TileRows<'a> {
+    pub rows: &'a [RowPtr],
+    pub valid: usize,
+    pub taps: usize,
+    pub skip: u64,
+    pub cin: usize,
+}
+
+impl TileRows<'_> {
+    /// Whether tap `t` is multiplied.
+    #[inline(always)]
+    pub fn live(&self, t: usize) -> bool {
+        t >= 64 || self.skip >> t & 1 == 0
+    }
+}
+
+/// Run one micro-tile over packed block `b` of `nb` vectors: accumulators land in `acc` (row
+/// stride [`NBLK`]), or, where the ISA has a fused epilogue and `fused` is given, the
+/// requantized bytes land in the output directly (returns `true`).
 pub(crate) fn run_tile(
     isa: Int8Isa,
-    rows: &[RowPtr],
-    taps: usize,
-    cin: usize,
+    a: &TileRows<'_>,
     b: &[i8],
     nb: usize,
     acc: &mut [i32; MR * NBLK],
     fused: Option<&Fused>,
 ) -> bool {
-    debug_assert!(rows.len() >= taps * MR && b.len() >= taps * cin.div_ceil(4) * nb * 64);
+    debug_assert!(a.rows.len() >= a.taps * MR && (1..=MR).contains(&a.valid));
+    debug_assert!(b.len() >= a.taps * a.cin.div_ceil(4) * nb * 64);
     #[cfg(target_arch = "x86_64")]
     if isa >= Int8Isa::Avx512Vnni {
         // (AMX runs its own driver; a 6-row tile asked of it, e.g. a linear layer's f32
@@ -234,11 +254,13 @@ pub(crate) fn run_tile(
         // row pointer has `cin` readable bytes per tap and `b` holds the block (checked above
         // in debug builds, guaranteed by the packing and the drivers).
         unsafe {
-            match nb {
-                1 => x86_64::tile_vnni::<1>(rows, taps, cin, b, acc, fused),
-                2 => x86_64::tile_vnni::<2>(rows, taps, cin, b, acc, fused),
-                3 => x86_64::tile_vnni::<3>(rows, taps, cin, b, acc, fused),
-                _ => x86_64::tile_vnni::<4>(rows, taps, cin, b, acc, fused),
+            match a.valid {
+                1 => x86_64::tile_vnni_rows::<1>(a, b, nb, acc, fused),
+                2 => x86_64::tile_vnni_rows::<2>(a, b, nb, acc, fused),
+                3 => x86_64::tile_vnni_rows::<3>(a, b, nb, acc, fused),
+                4 => x86_64::tile_vnni_rows::<4>(a, b, nb, acc, fused),
+                5 => x86_64::tile_vnni_rows::<5>(a, b, nb, acc, fused),
+                _ => x86_64::tile_vnni_rows::<MR>(a, b, nb, acc, fused),
             }
         }
         return fused.is_some();
@@ -247,18 +269,18 @@ pub(crate) fn run_tile(
     if isa == Int8Isa::AvxVnni {
         // SAFETY: AVX-VNNI and AVX2 were detected (`supports_int8`); the same contract as the
         // AVX-512 tile (row pointers with `cin` bytes per tap, a whole packed block).
-        unsafe { x86_64::tile_avxvnni(rows, taps, cin, b, nb, acc) };
+        unsafe { x86_64::tile_avxvnni(a, b, nb, acc) };
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Int8Isa::Avx2 {
         // SAFETY: AVX2 was detected; the portable body reads only through the checked slices
         // built from the row pointers, as in the scalar path.
-        unsafe { generic::tile_avx2(rows, taps, cin, b, nb, acc) };
+        unsafe { generic::tile_avx2(a, b, nb, acc) };
         return false;
     }
     let _ = (isa, fused);
-    generic::tile(rows, taps, cin, b, nb, acc);
+    generic::tile(a, b, nb, acc);
     false
 }
 

@@ -1,6 +1,6 @@
 //! AVX-512 VNNI int8 micro-kernel: `MR` output pixels x `NB` vectors of 16 output channels.
 
-use super::{Fused, RowPtr, MR, NBLK};
+use super::{Fused, TileRows, MR, NBLK};
 use std::arch::x86_64::*;
 
 /// A smooth activation in real units on 16 lanes of output units: `f(y * s) / s`, through
@@ -65,19 +65,45 @@ unsafe fn quad(p: *const u8, len: usize) -> i32 {
     }
 }
 
+/// [`tile_vnni`] for `R` wanted rows, on a block of `nb` (1..=4) vectors.
+///
 /// # Safety
-/// The CPU supports AVX-512F/BW/VL/VNNI; `rows[t * MR + i]` has `cin` readable bytes for every
-/// tap `t < taps` and row `i < MR`; `b` holds `taps * ceil(cin/4) * NB * 64` packed bytes.
+/// As [`tile_vnni`], with `a.valid == R`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub(crate) unsafe fn tile_vnni<const NB: usize>(
-    rows: &[RowPtr],
-    taps: usize,
-    cin: usize,
+pub(crate) unsafe fn tile_vnni_rows<const R: usize>(
+    a: &TileRows<'_>,
+    b: &[i8],
+    nb: usize,
+    acc: &mut [i32; MR * NBLK],
+    fused: Option<&Fused>,
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match nb {
+            1 => tile_vnni::<R, 1>(a, b, acc, fused),
+            2 => tile_vnni::<R, 2>(a, b, acc, fused),
+            3 => tile_vnni::<R, 3>(a, b, acc, fused),
+            _ => tile_vnni::<R, 4>(a, b, acc, fused),
+        }
+    }
+}
+
+/// `R` rows x `NB` vectors of 16 output channels: per group of four input channels, `NB`
+/// weight loads, `R` broadcasts and `R * NB` `vpdpbusd`; skipped taps are passed over.
+///
+/// # Safety
+/// The CPU supports AVX-512F/BW/VL/VNNI; `a.rows[t * MR + i]` has `a.cin` readable bytes for
+/// every live tap `t < a.taps` and row `i < R`; `b` holds `a.taps * ceil(cin/4) * NB * 64`
+/// packed bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[inline(never)]
+unsafe fn tile_vnni<const R: usize, const NB: usize>(
+    a: &TileRows<'_>,
     b: &[i8],
     acc: &mut [i32; MR * NBLK],
     fused: Option<&Fused>,
 ) {
-    let mut c = [[_mm512_setzero_si512(); NB]; MR];
+    let mut c = [[_mm512_setzero_si512(); NB]; R];
     if let Some(f) = fused {
         // start from the per-column shift (`bias - za·colsum`), which the epilogue would add
         for j in 0..NB {
@@ -90,11 +116,24 @@ pub(crate) unsafe fn tile_vnni<const NB: usize>(
             }
         }
     }
+    let TileRows {
+        rows,
+        taps,
+        skip,
+        cin,
+        ..
+    } = *a;
     let full = cin / 4;
     let tail = cin % 4;
+    let tap_bytes = cin.div_ceil(4) * NB * 64;
     let mut bp = b.as_ptr();
     for t in 0..taps {
-        let mut r = [std::ptr::null::<u8>(); MR];
+        if t < 64 && skip >> t & 1 != 0 {
+            // SAFETY: the next tap's groups start inside (or one past) the packed block.
+            bp = unsafe { bp.add(tap_bytes) };
+            continue;
+        }
+        let mut r = [std::ptr::null::<u8>(); R];
         for (i, p) in r.iter_mut().enumerate() {
             *p = rows[t * MR + i].0;
         }
@@ -105,11 +144,11 @@ pub(crate) unsafe fn tile_vnni<const NB: usize>(
                 // SAFETY: group g of tap t lies inside the packed block (see the contract).
                 *v = unsafe { _mm512_loadu_si512(bp.add(j * 64).cast()) };
             }
-            for i in 0..MR {
+            for i in 0..R {
                 // SAFETY: bytes 4g..4g+len of tap t of row i are readable.
-                let a = _mm512_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
+                let x = _mm512_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
                 for j in 0..NB {
-                    c[i][j] = _mm512_dpbusd_epi32(c[i][j], a, bv[j]);
+                    c[i][j] = _mm512_dpbusd_epi32(c[i][j], x, bv[j]);
                 }
             }
             // SAFETY: stays within (or one past) the packed block.
@@ -144,7 +183,7 @@ fn lane_mask(width: usize, j: usize) -> __mmask16 {
 ///
 /// # Safety
 /// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `f.rows` rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
     // The epilogue in registers, the same IEEE sequence as `requant_row_body`:
     // (acc + shift) * mult (the shift is already in the accumulators) [+ (r - zr) * mr],
@@ -320,26 +359,26 @@ pub(crate) unsafe fn dw_run<const K: usize>(p: &DwRun<'_>) {
 /// requantizes the stored sums.
 ///
 /// # Safety
-/// The CPU supports AVX-VNNI and AVX2; `rows[t * MR + i]` has `cin` readable bytes for every
-/// tap and row; `b` holds the block: `taps * ceil(cin/4)` groups of `nb * 16` columns x 4 bytes.
+/// The CPU supports AVX-VNNI and AVX2; `a.rows[t * MR + i]` has `a.cin` readable bytes for every
+/// live tap and row; `b` holds the block: `taps * ceil(cin/4)` groups of `nb * 16` columns x 4
+/// bytes.
 #[target_feature(enable = "avxvnni,avx2,fma")]
 pub(crate) unsafe fn tile_avxvnni(
-    rows: &[RowPtr],
-    taps: usize,
-    cin: usize,
+    a: &TileRows<'_>,
     b: &[i8],
     nb: usize,
     acc: &mut [i32; MR * NBLK],
 ) {
+    let cin = a.cin;
     let (full, tail) = (cin / 4, cin % 4);
     let quads = cin.div_ceil(4);
     let width = nb * 16;
     for v in 0..nb {
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
-        for t in 0..taps {
+        for t in (0..a.taps).filter(|&t| a.live(t)) {
             let mut r = [std::ptr::null::<u8>(); MR];
             for (i, p) in r.iter_mut().enumerate() {
-                *p = rows[t * MR + i].0;
+                *p = a.rows[t * MR + i].0;
             }
             for g in 0..quads {
                 let len = if g < full { 4 } else { tail };
@@ -351,11 +390,11 @@ pub(crate) unsafe fn tile_avxvnni(
                         _mm256_loadu_si256(bp.add(32).cast()),
                     )
                 };
-                for (i, ci) in c.iter_mut().enumerate() {
+                for (i, ci) in c.iter_mut().enumerate().take(a.valid) {
                     // SAFETY: bytes 4g..4g+len of tap t of row i are readable.
-                    let a = _mm256_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
-                    ci[0] = _mm256_dpbusd_avx_epi32(ci[0], a, b0);
-                    ci[1] = _mm256_dpbusd_avx_epi32(ci[1], a, b1);
+                    let x = _mm256_set1_epi32(unsafe { quad(r[i].add(4 * g), len) });
+                    ci[0] = _mm256_dpbusd_avx_epi32(ci[0], x, b0);
+                    ci[1] = _mm256_dpbusd_avx_epi32(ci[1], x, b1);
                 }
             }
         }
