@@ -155,15 +155,16 @@ unsafe fn tile_vnni<const R: usize, const NB: usize>(
             bp = unsafe { bp.add(NB * 64) };
         }
     }
+    if let Some(f) = fused {
+        // SAFETY: same CPU features; `f` describes the R valid output rows (see `Fused`).
+        unsafe { epilogue::<R, NB>(c, f) };
+        return;
+    }
     for (i, ci) in c.iter().enumerate() {
         for (j, v) in ci.iter().enumerate() {
             // SAFETY: row i, vector j lies inside the `MR x NBLK` accumulator array.
             unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(i * NBLK + j * 16).cast(), *v) };
         }
-    }
-    if let Some(f) = fused {
-        // SAFETY: same CPU features; `f` describes valid output rows (see `Fused`).
-        unsafe { epilogue::<NB>(acc, f) }
     }
 }
 
@@ -178,16 +179,16 @@ fn lane_mask(width: usize, j: usize) -> __mmask16 {
     }
 }
 
-/// The requantization of a stored tile (accumulators that started from the shift), in
-/// registers.
+/// The requantization of a tile's accumulators (which started from the shift), straight from
+/// the registers.
 ///
 /// # Safety
-/// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `f.rows` rows.
+/// AVX-512F/BW/VL are available; `f`'s pointers have `f.width` valid columns for `R` rows.
 #[inline(always)]
-unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
-    // The epilogue in registers, the same IEEE sequence as `requant_row_body`:
-    // (acc + shift) * mult (the shift is already in the accumulators) [+ (r - zr) * mr],
-    // clamp, round half to even (MXCSR default), + zo.
+unsafe fn epilogue<const R: usize, const NB: usize>(c: [[__m512i; NB]; R], f: &Fused) {
+    // The same IEEE sequence as `requant_row_body`: (acc + shift) * mult (the shift is already
+    // in the accumulators) [+ (r - zr) * mr], clamp, round half to even (MXCSR default), + zo.
+    debug_assert_eq!(f.rows, R);
     let (lo, hi) = (_mm512_set1_ps(f.lo), _mm512_set1_ps(f.hi));
     let zo = _mm512_set1_epi32(f.zo);
     let mut masks = [0u16; NB];
@@ -197,13 +198,8 @@ unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
         // SAFETY: the mask limits the load to the `width` valid columns of mult.
         mult[j] = unsafe { _mm512_maskz_loadu_ps(masks[j], f.mult.add(j * 16)) };
     }
-    for i in 0..f.rows {
+    for (i, ci) in c.iter().enumerate() {
         for j in 0..NB {
-            if masks[j] == 0 {
-                continue;
-            }
-            // SAFETY: row i, vector j lies inside the accumulator array.
-            let a = unsafe { _mm512_loadu_si512(acc.as_ptr().add(i * NBLK + j * 16).cast()) };
             let res = f
                 .residual
                 .map(|(r, zr, mr)| (r[i].wrapping_add(j * 16), zr, mr));
@@ -211,7 +207,7 @@ unsafe fn epilogue<const NB: usize>(acc: &[i32; MR * NBLK], f: &Fused) {
             // by this tile; the mask limits the accesses to them.
             unsafe {
                 requant_store(
-                    a,
+                    ci[j],
                     mult[j],
                     res,
                     f.act,
