@@ -346,6 +346,7 @@ fn main() {
         qconv("resnet50 reduce", 256, 64, 1, 1, 56, false),
         qconv("resnet50 downsample", 64, 256, 1, 1, 56, false),
         qconv("resnet 3x3", 64, 64, 3, 1, 56, false),
+        qconv("resnet50 expand", 256, 1024, 1, 1, 14, true),
         qconv("resnet50 expand", 512, 2048, 1, 1, 7, true),
         qconv("resnet50 reduce", 2048, 512, 1, 1, 7, false),
         qconv("resnet 3x3", 128, 128, 3, 1, 28, false),

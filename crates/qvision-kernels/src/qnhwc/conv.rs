@@ -1386,3 +1386,60 @@ fn dw_row_body(a: &DwRow<'_>, out: &mut [u8]) {
 }
 
 crate::isa::multiversion!(fn dw_row(a: &DwRow<'_>, out: &mut [u8]) => dw_row_body);
+
+#[cfg(test)]
+mod strip_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// The strips of any padded conv cover every output pixel exactly once, each at most
+        /// `MR` long, and every pixel of a strip along a row has all its column taps inside the
+        /// image (what merging kernel rows relies on).
+        #[test]
+        fn strips_partition_the_output(n in 1usize..3, eh in 0usize..24, ew in 0usize..24,
+                                       k in 1usize..8, s in 1usize..4, pad in 0usize..4, d in 1usize..3) {
+            let (h, w) = ((k - 1) * d + 1 + eh, (k - 1) * d + 1 + ew);
+            let p = Conv2dParams {
+                in_channels: 4,
+                out_channels: 4,
+                kernel: [k, k],
+                stride: [s, s],
+                padding: [pad, pad],
+                dilation: [d, d],
+                groups: 1,
+            };
+            let (oh, ow) = p.output_size(h, w).expect("a valid geometry");
+            let g = Geom { n, h, w, oh, ow, cin: 4, cout: 4 };
+            let Some(strips) = Strip::tiling(&p, &g) else {
+                // no strips: no tap of any pixel reaches the padding
+                for o in 0..oh {
+                    prop_assert!(o * s >= pad && o * s - pad + (k - 1) * d < h);
+                }
+                for o in 0..ow {
+                    prop_assert!(o * s >= pad && o * s - pad + (k - 1) * d < w);
+                }
+                return Ok(());
+            };
+            let mut seen = vec![0u8; n * oh * ow];
+            for st in &strips {
+                prop_assert!((1..=MR).contains(&(st.len as usize)));
+                for i in 0..st.len as usize {
+                    let (oy, ox) = if st.down {
+                        (st.oy as usize + i, st.ox as usize)
+                    } else {
+                        (st.oy as usize, st.ox as usize + i)
+                    };
+                    prop_assert!(oy < oh && ox < ow);
+                    seen[(st.bi as usize * oh + oy) * ow + ox] += 1;
+                    if !st.down {
+                        let ix0 = (ox * s) as isize - pad as isize;
+                        prop_assert!(ix0 >= 0 && ix0 as usize + (k - 1) * d < w);
+                    }
+                }
+            }
+            prop_assert!(seen.iter().all(|&c| c == 1));
+        }
+    }
+}
