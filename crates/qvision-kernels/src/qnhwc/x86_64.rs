@@ -19,22 +19,24 @@ fn smooth_act(y: __m512, act: Option<(crate::Activation, f32)>) -> __m512 {
     unsafe { _mm512_loadu_ps(buf.as_ptr()) }
 }
 
-/// Requantize 16 accumulators (already shifted) and store the bytes of the `m` lanes:
+/// Requantize 16 accumulators (already shifted) into output units (as i32):
 /// `y = a * mult [+ (r - zr) * mr]`, the smooth activation, clamp, round half to even, + zo.
+/// Without `LO` the lower clamp is left to the caller's saturating narrowing (valid where the
+/// lower bound is the zero point's, `-zo`: rounding and adding `zo` keeps every value below it
+/// at or below 0).
 ///
 /// # Safety
-/// AVX-512F/BW/VL (and FMA for the activation) are available; the residual and the output have
-/// the masked lanes' bytes.
+/// AVX-512F/BW/VL (and FMA for the activation) are available; the residual has the masked
+/// lanes' bytes.
 #[inline(always)]
-unsafe fn requant_store(
+unsafe fn requant<const LO: bool>(
     a: __m512i,
     mult: __m512,
     residual: Option<(*const u8, i32, f32)>,
     act: Option<(crate::Activation, f32)>,
     (lo, hi, zo): (__m512, __m512, __m512i),
     m: __mmask16,
-    out: *mut u8,
-) {
+) -> __m512i {
     let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), mult);
     if let Some((r, zr, mr)) = residual {
         // SAFETY: the caller guarantees the residual's masked bytes.
@@ -43,10 +45,46 @@ unsafe fn requant_store(
         y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(rv), _mm512_set1_ps(mr)));
     }
     let y = smooth_act(y, act);
-    let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-    let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), zo);
+    let y = if LO { _mm512_max_ps(y, lo) } else { y };
+    _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(y, hi)), zo)
+}
+
+/// [`requant`] with both clamps, then store the bytes of the `m` lanes.
+///
+/// # Safety
+/// As [`requant`]; the output has the masked lanes' bytes.
+#[inline(always)]
+unsafe fn requant_store(
+    a: __m512i,
+    mult: __m512,
+    residual: Option<(*const u8, i32, f32)>,
+    act: Option<(crate::Activation, f32)>,
+    bounds: (__m512, __m512, __m512i),
+    m: __mmask16,
+    out: *mut u8,
+) {
+    // SAFETY: the caller's contract.
+    let q = unsafe { requant::<true>(a, mult, residual, act, bounds, m) };
     // SAFETY: the caller guarantees the output's masked bytes.
     unsafe { _mm_mask_storeu_epi8(out.cast(), m, _mm512_cvtusepi32_epi8(q)) };
+}
+
+/// Four vectors of output units as 64 bytes in column order, saturated to 0..=255 (two
+/// signed packs, one unsigned pack and a lane permute instead of four narrowing moves).
+///
+/// # Safety
+/// AVX-512F/BW are available.
+#[inline(always)]
+unsafe fn narrow4(q: [__m512i; 4]) -> __m512i {
+    // SAFETY: register-only intrinsics of features the caller guarantees.
+    unsafe {
+        // per 128-bit lane l the packs give the dwords q0[4l..], q1[4l..], q2[4l..], q3[4l..]
+        let lo = _mm512_packs_epi32(q[0], q[1]);
+        let hi = _mm512_packs_epi32(q[2], q[3]);
+        let p = _mm512_packus_epi16(lo, hi);
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_epi32(idx, p)
+    }
 }
 
 /// Four activation bytes as one i32 lane value; the last quad of a tap may be partial (its
@@ -197,6 +235,23 @@ unsafe fn epilogue<const R: usize, const NB: usize>(c: [[__m512i; NB]; R], f: &F
         masks[j] = lane_mask(f.width, j);
         // SAFETY: the mask limits the load to the `width` valid columns of mult.
         mult[j] = unsafe { _mm512_maskz_loadu_ps(masks[j], f.mult.add(j * 16)) };
+    }
+    if NB == 4 && f.width == NBLK && f.lo == -(f.zo as f32) {
+        // a whole block whose lower clamp is the narrowing's saturation at 0: each row's 64
+        // bytes in one store
+        for (i, ci) in c.iter().enumerate() {
+            let mut q = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                let res = f
+                    .residual
+                    .map(|(r, zr, mr)| (r[i].wrapping_add(j * 16), zr, mr));
+                // SAFETY: residual row i has `width` = 64 valid bytes at this offset.
+                q[j] = unsafe { requant::<false>(ci[j], mult[j], res, f.act, (lo, hi, zo), !0) };
+            }
+            // SAFETY: output row i has 64 valid bytes here, owned by this tile.
+            unsafe { _mm512_storeu_si512(f.out[i].cast(), narrow4(q)) };
+        }
+        return;
     }
     for (i, ci) in c.iter().enumerate() {
         for j in 0..NB {
