@@ -6,7 +6,7 @@
 //! seed report's table (model, before, after, ratio); `--write-docs` puts it into
 //! `docs/BENCHMARKS.md` and `--chart` draws the ratios as an SVG bar chart.
 
-use crate::common::{build_model, cpu_isa, emit, load_qvm};
+use crate::common::{build_model, core_round_trip_ns, cpu_isa, emit, load_qvm};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use qvision_graph::{weights, Graph, Session, SessionOptions};
@@ -74,6 +74,9 @@ struct Report {
     isa: String,
     /// The kernel path in use: ISA level and activation layout.
     kernels: String,
+    /// Core-to-core cache-line round trip (ns) just before the timed runs, with 2+ threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core_round_trip_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fp32_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +216,7 @@ fn bench_one(a: &Args, name: &str, precision: Precision, threads: usize) -> Resu
             s.run(vec![x.clone()])?;
         }
     }
+    let round_trip = (threads > 1).then(core_round_trip_ns);
     let mut times = vec![Vec::with_capacity(a.iters); sessions.len()];
     for _ in 0..a.iters {
         for (s, t) in sessions.iter().zip(&mut times) {
@@ -232,6 +236,7 @@ fn bench_one(a: &Args, name: &str, precision: Precision, threads: usize) -> Resu
         input_size: size,
         isa: cpu_isa(),
         kernels: kernels(sessions.last().expect("one session")),
+        core_round_trip_ns: round_trip,
         fp32_ms: f.map(|s| s.0),
         fp32_p10_ms: f.map(|s| s.1),
         fp32_p90_ms: f.map(|s| s.2),
@@ -325,8 +330,11 @@ fn line(r: &Report) -> String {
     .into_iter()
     .flatten()
     .collect();
+    let trip = r
+        .core_round_trip_ns
+        .map_or(String::new(), |ns| format!(" | core round trip {ns:.0} ns"));
     format!(
-        "{}: {} | batch {} | {}x{} | {} threads | {} ({})\n",
+        "{}: {} | batch {} | {}x{} | {} threads{trip} | {} ({})\n",
         r.model,
         parts.join(", "),
         r.batch,

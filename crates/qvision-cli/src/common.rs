@@ -81,6 +81,39 @@ pub fn cpu_isa() -> String {
     }
 }
 
+/// Median round trip in ns of a cache line bounced between two spinning threads (on a
+/// two-core machine, between the two cores). A benchmark's context: on a VM whose two vCPUs
+/// share a CPU complex this is ~80 ns, across dies ~300+ ns, and then every op that reads what
+/// the other core wrote pays for it (see docs/BENCHMARKS.md).
+pub fn core_round_trip_ns() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const N: u64 = 2000;
+    let ball = AtomicU64::new(0);
+    let mut laps = Vec::with_capacity(9);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..9 * N {
+                while ball.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                ball.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        for lap in 0..9 {
+            let t0 = std::time::Instant::now();
+            for i in lap * N..(lap + 1) * N {
+                ball.store(2 * i + 1, Ordering::Release);
+                while ball.load(Ordering::Acquire) != 2 * i + 2 {
+                    std::hint::spin_loop();
+                }
+            }
+            laps.push(t0.elapsed().as_nanos() as f64 / N as f64);
+        }
+    });
+    laps.sort_by(f64::total_cmp);
+    laps[laps.len() / 2]
+}
+
 /// Write to stdout; a closed pipe (`qvision models | head`) ends the program quietly.
 pub fn emit(text: &str) -> Result<()> {
     use std::io::Write;
