@@ -222,7 +222,7 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let plan = Plan::new(p, g, per, packed, AMX_MR, self.out.za);
+        let plan = Plan::new(p, g, (per, packed), (AMX_MR, self.out.za), false);
         let (cin_sg, cout_sg, taps, m, zbuf) =
             (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let chunks = cin_sg.div_ceil(KC);

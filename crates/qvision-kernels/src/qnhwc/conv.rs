@@ -410,10 +410,8 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let plan = match src {
-            Src::Direct(_) => Plan::with_strips(p, g, per, packed, self.out.za),
-            Src::Im2col(_) => Plan::new(p, g, per, packed, MR, self.out.za),
-        };
+        let direct = matches!(src, Src::Direct(_));
+        let plan = Plan::new(p, g, (per, packed), (MR, self.out.za), direct);
         let (cin_sg, cout_sg, taps, m, zbuf) =
             (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let out = OutPtr(y.as_mut_ptr());
@@ -431,7 +429,7 @@ impl PreparedQConv {
             // tile `tile`'s rows into `rows` (`taps * MR`)
             let mut fill = |tile: usize, rows: &mut [RowPtr]| match (plan.strip(tile), src) {
                 (Some(st), Src::Direct(x)) => {
-                    g.fill_strip(p, x, zbuf, s * cin_sg, cin_sg, st, plan.merge, rows)
+                    g.fill_strip(p, (x, zbuf), (s * cin_sg, cin_sg), (st, plan.merge), rows)
                 }
                 _ => {
                     let p0 = tile * MR;
@@ -955,42 +953,58 @@ impl Geom {
                 }
                 continue;
             }
-            for ky in 0..p.kernel[0] {
-                let iy =
-                    (px.oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                for kx in 0..p.kernel[1] {
-                    let ix =
-                        (px.ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
-                    let t = ky * p.kernel[1] + kx;
-                    rows[t * mr + i] =
-                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                            let at =
-                                ((px.bi * g.h + iy as usize) * g.w + ix as usize) * g.cin + col;
-                            RowPtr(x[at..at + len].as_ptr())
-                        } else {
-                            RowPtr(zbuf.as_ptr())
-                        };
-                }
-            }
+            g.pixel_taps(p, (x, zbuf), (col, len), px, &mut rows[i..], mr);
             px.step(g);
         }
+    }
+
+    /// Point `rows[t * stride]` at the `len` input bytes (from channel `col`) that tap `t` of
+    /// output pixel `px` reads, the zero-point buffer where the tap is padding; returns the
+    /// padding taps (those under 64) as a mask.
+    #[inline(always)]
+    fn pixel_taps(
+        &self,
+        p: &Conv2dParams,
+        (x, zbuf): (&[u8], &[u8]),
+        (col, len): (usize, usize),
+        px: Pixel,
+        rows: &mut [RowPtr],
+        stride: usize,
+    ) -> u64 {
+        let g = self;
+        let mut padded = 0u64;
+        for ky in 0..p.kernel[0] {
+            let iy = (px.oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            for kx in 0..p.kernel[1] {
+                let ix =
+                    (px.ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                let t = ky * p.kernel[1] + kx;
+                rows[t * stride] =
+                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                        let at = ((px.bi * g.h + iy as usize) * g.w + ix as usize) * g.cin + col;
+                        RowPtr(x[at..at + len].as_ptr())
+                    } else {
+                        if t < 64 {
+                            padded |= 1 << t;
+                        }
+                        RowPtr(zbuf.as_ptr())
+                    };
+            }
+        }
+        padded
     }
 
     /// Point `rows[t * MR + i]` at the `len` input bytes (from channel `col`) that tap `t` of
     /// the strip's pixel `i` reads (the zero-point buffer where the tap is padding); rows past
     /// the strip repeat its last pixel. With `merge` (see [`Plan::merge`]) a strip along a row
     /// gets one row per kernel row instead: its `kw` taps, `kw * len` contiguous bytes.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(super) fn fill_strip(
         &self,
         p: &Conv2dParams,
-        x: &[u8],
-        zbuf: &[u8],
-        col: usize,
-        len: usize,
-        st: Strip,
-        merge: bool,
+        (x, zbuf): (&[u8], &[u8]),
+        (col, len): (usize, usize),
+        (st, merge): (Strip, bool),
         rows: &mut [RowPtr],
     ) -> Filled {
         let g = self;
@@ -1045,28 +1059,12 @@ impl Geom {
                 (st.oy as usize, st.ox as usize + i)
             };
             pix[i] = (st.bi as usize * g.oh + oy) * g.ow + ox;
-            let mut padded = 0u64;
-            for ky in 0..p.kernel[0] {
-                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                for kx in 0..p.kernel[1] {
-                    let ix =
-                        (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
-                    let t = ky * p.kernel[1] + kx;
-                    rows[t * MR + i] =
-                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                            let at = ((st.bi as usize * g.h + iy as usize) * g.w + ix as usize)
-                                * g.cin
-                                + col;
-                            RowPtr(x[at..at + len].as_ptr())
-                        } else {
-                            if t < 64 {
-                                padded |= 1 << t;
-                            }
-                            RowPtr(zbuf.as_ptr())
-                        };
-                }
-            }
-            skip &= padded;
+            let px = Pixel {
+                bi: st.bi as usize,
+                oy,
+                ox,
+            };
+            skip &= g.pixel_taps(p, (x, zbuf), (col, len), px, &mut rows[i..], MR);
         }
         for i in n..MR {
             pix[i] = pix[n - 1];
@@ -1137,7 +1135,7 @@ impl Filled {
 /// too, so every thread has work and streams only its share of the weights.
 ///
 /// Tiles are `mr` consecutive pixels, or, for a padded conv whose rows are read in place
-/// ([`Plan::with_strips`]), [`Strip`]s: runs along an output row between the columns whose
+/// ([`Plan::new`] with `strips`), [`Strip`]s: runs along an output row between the columns whose
 /// taps reach into the padding, and runs down each such column. Every pixel of a strip has the
 /// same padding taps along one axis, which the tile then skips (a 3x3 conv over a 7x7 map
 /// multiplies 18 % fewer taps), and no tile wastes rows across a row end.
@@ -1179,41 +1177,20 @@ fn balanced(n: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 impl Plan {
-    /// A plan over tiles of `mr` consecutive pixels.
+    /// A plan over tiles of `mr` consecutive pixels, or, with `strips` (rows read in place,
+    /// `mr` = [`MR`]), over [`Strip`]s where the conv has padding taps and one super-group.
+    /// (Grouped convs keep the flat tiles: their super-groups are one or two vectors wide, and
+    /// shorter strips cost more than the skipped taps save: RegNet +6 %.)
     pub(super) fn new(
         p: &Conv2dParams,
         g: &Geom,
-        per: usize,
-        packed: &[PackedQB],
-        mr: usize,
-        za: u8,
+        (per, packed): (usize, &[PackedQB]),
+        (mr, za): (usize, u8),
+        strips: bool,
     ) -> Self {
-        Self::build(p, g, per, packed, mr, za, None)
-    }
-
-    /// A plan over [`Strip`]s where the conv has padding taps and one super-group, else as
-    /// [`Plan::new`]. (Grouped convs keep the flat tiles: their super-groups are one or two
-    /// vectors wide, and shorter strips cost more than the skipped taps save: RegNet +6 %.)
-    pub(super) fn with_strips(
-        p: &Conv2dParams,
-        g: &Geom,
-        per: usize,
-        packed: &[PackedQB],
-        za: u8,
-    ) -> Self {
-        let strips = (packed.len() == 1).then(|| Strip::tiling(p, g)).flatten();
-        Self::build(p, g, per, packed, MR, za, strips)
-    }
-
-    fn build(
-        p: &Conv2dParams,
-        g: &Geom,
-        per: usize,
-        packed: &[PackedQB],
-        mr: usize,
-        za: u8,
-        strips: Option<Vec<Strip>>,
-    ) -> Self {
+        let strips = (strips && mr == MR && packed.len() == 1)
+            .then(|| Strip::tiling(p, g))
+            .flatten();
         let cin_sg = per * p.in_channels / p.groups;
         let m = g.n * g.oh * g.ow;
         let tiles = strips.as_ref().map_or(m.div_ceil(mr), Vec::len);
