@@ -154,6 +154,33 @@ proptest! {
     }
 
     #[test]
+    fn large_kernels_match_the_reference(k in prop_oneof![Just(7usize), Just(9), Just(11)], cin in 4usize..13,
+                                         cout in 1usize..70, s in 1usize..3, pad in 0usize..11, hw in (1usize..6, 1usize..6),
+                                         za in 0u8..=255, seed in any::<u64>()) {
+        // 49 taps (skip masks), 81 and 121 (past the 64-tap mask: nothing skipped), strips and
+        // merged kernel rows where cin is whole quads
+        let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s],
+                               padding: [pad.min(k - 1); 2], dilation: [1, 1], groups: 1 };
+        let (h, w) = (hw.0 + k, hw.1 + k);
+        let x = bytes(h * w * cin, seed);
+        let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..cout as i32).map(|i| i * 311 - 900).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: (0..cout).map(|i| 2e-4 * (1.0 + i as f32 / 9.0)).collect(),
+            zo: 7,
+            out_scale: 0.05,
+            act: None,
+        };
+        let want = reference(&p, &x, 1, h, w, &wt, &bias, &out, None);
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        for isa in isa::available_int8() {
+            let (got, _, _) = conv.run_isa(isa, &x, 1, h, w, None).unwrap();
+            prop_assert!(got == want, "{:?} {:?}", isa, p);
+        }
+    }
+
+    #[test]
     fn wide_depthwise_matches_the_reference(c in 64usize..200, k in prop_oneof![Just(3usize), Just(5)], s in 1usize..3,
                                             pad in 0usize..3, d in 1usize..3, hw in (1usize..8, 1usize..12),
                                             za in 0u8..=255, zo in 0u8..=255, act in 0usize..3, res in any::<bool>(), seed in any::<u64>()) {
