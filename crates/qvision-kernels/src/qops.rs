@@ -459,7 +459,26 @@ fn max_row_body(g: &PoolRow<'_>, r: usize, o: &mut [u8]) {
     let (p, c) = (g.p, g.c);
     let (b, oy) = (r / g.oh, r % g.oh);
     o.fill(0);
+    let [kh, kw] = p.kernel;
+    let [dh, dw] = p.dilation;
+    let iy0 = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+    let rows_inside = iy0 >= 0 && iy0 as usize + (kh - 1) * dh < g.h;
+    let span = ((kw - 1) * dw + 1) * c;
     for (ox, d) in o.chunks_exact_mut(c.max(1)).enumerate() {
+        let ix0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+        if rows_inside && ix0 >= 0 && ix0 as usize + (kw - 1) * dw < g.w {
+            // the whole window inside the image (most pixels): no per-tap bounds
+            for ky in 0..kh {
+                let at = ((b * g.h + iy0 as usize + ky * dh) * g.w + ix0 as usize) * c;
+                let row = &g.x[at..at + span];
+                for kx in 0..kw {
+                    for (a, &v) in d.iter_mut().zip(&row[kx * dw * c..][..c]) {
+                        *a = (*a).max(v);
+                    }
+                }
+            }
+            continue;
+        }
         for ky in 0..p.kernel[0] {
             let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
             if iy < 0 || iy as usize >= g.h {
