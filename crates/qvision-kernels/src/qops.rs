@@ -472,9 +472,7 @@ fn max_row_body(g: &PoolRow<'_>, r: usize, o: &mut [u8]) {
                 let at = ((b * g.h + iy0 as usize + ky * dh) * g.w + ix0 as usize) * c;
                 let row = &g.x[at..at + span];
                 for kx in 0..kw {
-                    for (a, &v) in d.iter_mut().zip(&row[kx * dw * c..][..c]) {
-                        *a = (*a).max(v);
-                    }
+                    max_into(d, &row[kx * dw * c..][..c]);
                 }
             }
             continue;
@@ -490,14 +488,20 @@ fn max_row_body(g: &PoolRow<'_>, r: usize, o: &mut [u8]) {
                     continue;
                 }
                 let at = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
-                for (a, &v) in d.iter_mut().zip(&g.x[at..at + c]) {
-                    *a = (*a).max(v);
-                }
+                max_into(d, &g.x[at..at + c]);
             }
         }
     }
 }
 crate::isa::multiversion!(fn max_row(g: &PoolRow<'_>, r: usize, o: &mut [u8]) => max_row_body);
+
+/// `d = max(d, s)` byte by byte (inlined into each ISA's [`max_row`]).
+#[inline(always)]
+fn max_into(d: &mut [u8], s: &[u8]) {
+    for (a, &v) in d.iter_mut().zip(s) {
+        *a = (*a).max(v);
+    }
+}
 
 #[inline(always)]
 fn sum_body(acc: &mut [i32], s: &[u8]) {

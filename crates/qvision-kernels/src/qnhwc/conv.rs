@@ -893,6 +893,11 @@ pub(super) struct Pixel {
 }
 
 impl Pixel {
+    /// The flat output pixel index (the inverse of [`Pixel::at`]).
+    pub(super) fn index(&self, g: &Geom) -> usize {
+        (self.bi * g.oh + self.oy) * g.ow + self.ox
+    }
+
     pub(super) fn at(g: &Geom, p: usize) -> Self {
         let (bi, rem) = (p / (g.oh * g.ow), p % (g.oh * g.ow));
         Pixel {
@@ -1008,74 +1013,57 @@ impl Geom {
         rows: &mut [RowPtr],
     ) -> Filled {
         let g = self;
-        let taps = p.kernel[0] * p.kernel[1];
+        let [kh, kw] = p.kernel;
         let n = st.len as usize;
         let mut pix = [0usize; MR];
-        if merge && !st.down {
-            let [kh, kw] = p.kernel;
-            let (oy, ox0) = (st.oy as usize, st.ox as usize);
-            let mut skip = 0u64;
+        let merged = merge && !st.down;
+        let mut skip = 0u64;
+        if merged {
+            for (i, px) in pix.iter_mut().enumerate().take(n) {
+                *px = st.pixel(i).index(g);
+            }
             for ky in 0..kh {
-                let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+                let iy = (st.oy as usize * p.stride[0] + ky * p.dilation[0]) as isize
+                    - p.padding[0] as isize;
                 let inside = iy >= 0 && (iy as usize) < g.h;
                 if !inside && ky * kw + kw <= 64 {
                     skip |= ((1u64 << kw) - 1) << (ky * kw);
                 }
-                for (i, px) in pix.iter_mut().enumerate().take(n) {
-                    let ox = ox0 + i;
-                    *px = (st.bi as usize * g.oh + oy) * g.ow + ox;
+                for i in 0..n {
                     rows[ky * MR + i] = if inside {
                         // an interior column: its kw taps lie inside the row
-                        let ix = ox * p.stride[1] - p.padding[1];
+                        let ix = (st.ox as usize + i) * p.stride[1] - p.padding[1];
                         let at = ((st.bi as usize * g.h + iy as usize) * g.w + ix) * g.cin + col;
                         RowPtr(x[at..at + kw * len].as_ptr())
                     } else {
                         RowPtr(zbuf[..kw * len].as_ptr())
                     };
                 }
-                for i in n..MR {
-                    rows[ky * MR + i] = rows[ky * MR + n - 1];
-                }
             }
-            for i in n..MR {
-                pix[i] = pix[n - 1];
-            }
-            return Filled {
-                valid: n,
-                skip,
-                merged: true,
-                pix,
-            };
-        }
-        let mut skip = if taps <= 64 {
-            u64::MAX >> (64 - taps)
         } else {
-            0
-        };
-        for i in 0..n {
-            let (oy, ox) = if st.down {
-                (st.oy as usize + i, st.ox as usize)
+            skip = if kh * kw <= 64 {
+                u64::MAX >> (64 - kh * kw)
             } else {
-                (st.oy as usize, st.ox as usize + i)
+                0
             };
-            pix[i] = (st.bi as usize * g.oh + oy) * g.ow + ox;
-            let px = Pixel {
-                bi: st.bi as usize,
-                oy,
-                ox,
-            };
-            skip &= g.pixel_taps(p, (x, zbuf), (col, len), px, &mut rows[i..], MR);
+            for (i, idx) in pix.iter_mut().enumerate().take(n) {
+                let px = st.pixel(i);
+                *idx = px.index(g);
+                skip &= g.pixel_taps(p, (x, zbuf), (col, len), px, &mut rows[i..], MR);
+            }
         }
+        // rows past the strip repeat its last pixel
+        let row_taps = if merged { kh } else { kh * kw };
         for i in n..MR {
             pix[i] = pix[n - 1];
-            for t in 0..taps {
+            for t in 0..row_taps {
                 rows[t * MR + i] = rows[t * MR + n - 1];
             }
         }
         Filled {
             valid: n,
             skip,
-            merged: false,
+            merged,
             pix,
         }
     }
@@ -1269,6 +1257,20 @@ impl Plan {
 }
 
 impl Strip {
+    /// Its pixel `i`.
+    fn pixel(&self, i: usize) -> Pixel {
+        let (oy, ox) = if self.down {
+            (self.oy as usize + i, self.ox as usize)
+        } else {
+            (self.oy as usize, self.ox as usize + i)
+        };
+        Pixel {
+            bi: self.bi as usize,
+            oy,
+            ox,
+        }
+    }
+
     /// The strips of a conv with padding taps (`None` without): per image and band of up to
     /// `MR` output rows, the band's run down each edge column on the left, its rows' runs over
     /// the interior columns, then the runs down the right edge columns (a band's strips touch
@@ -1403,13 +1405,10 @@ mod strip_tests {
             for st in &strips {
                 prop_assert!((1..=MR).contains(&(st.len as usize)));
                 for i in 0..st.len as usize {
-                    let (oy, ox) = if st.down {
-                        (st.oy as usize + i, st.ox as usize)
-                    } else {
-                        (st.oy as usize, st.ox as usize + i)
-                    };
+                    let px = st.pixel(i);
+                    let (oy, ox) = (px.oy, px.ox);
                     prop_assert!(oy < oh && ox < ow);
-                    seen[(st.bi as usize * oh + oy) * ow + ox] += 1;
+                    seen[px.index(&g)] += 1;
                     if !st.down {
                         let ix0 = (ox * s) as isize - pad as isize;
                         prop_assert!(ix0 >= 0 && ix0 as usize + (k - 1) * d < w);

@@ -155,18 +155,14 @@ unsafe fn tile_vnni<const R: usize, const NB: usize>(
         }
     }
     let TileRows {
-        rows,
-        taps,
-        skip,
-        cin,
-        ..
+        rows, taps, cin, ..
     } = *a;
     let full = cin / 4;
     let tail = cin % 4;
     let tap_bytes = cin.div_ceil(4) * NB * 64;
     let mut bp = b.as_ptr();
     for t in 0..taps {
-        if t < 64 && skip >> t & 1 != 0 {
+        if !a.live(t) {
             // SAFETY: the next tap's groups start inside (or one past) the packed block.
             bp = unsafe { bp.add(tap_bytes) };
             continue;
