@@ -118,6 +118,20 @@ fn max_pool(c: usize, hw: usize) -> Case {
     }
 }
 
+/// The int8 graph's input: an NCHW f32 image quantized into NHWC u8.
+fn quantize_nhwc(c: usize, hw: usize) -> Case {
+    use qvision_kernels::qops::{quantize_to_nhwc, Q};
+    let x = qvision_kernels::reference::pseudo_random(c * hw * hw, 1);
+    Case {
+        name: format!("int8 quantize nchw->nhwc {c} {hw}x{hw}"),
+        flops: 0.0,
+        run: Box::new(move || {
+            let y = quantize_to_nhwc(&x, 1, c, hw * hw, Q::new(0.02, 114)).expect("run");
+            qvision_tensor::pool::recycle_u8(y);
+        }),
+    }
+}
+
 /// A classifier head at batch 1 (`gemv`); the weights stay in cache here, unlike in a model.
 fn gemv(k: usize, n: usize) -> Case {
     let rnd = qvision_kernels::reference::pseudo_random;
@@ -355,6 +369,7 @@ fn main() {
         qconv("resnet 3x3 s2", 128, 128, 3, 2, 56, false),
         layer_norm(768, 7),
         max_pool(64, 112),
+        quantize_nhwc(3, 224),
         gemv(1280, 1000),
         gemv(2048, 1000),
     ];

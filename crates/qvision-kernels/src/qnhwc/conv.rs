@@ -333,6 +333,16 @@ impl PreparedQConv {
     /// `(acc - za*colsum + bias) * s_in*s_w`, then the activation. For a model's last layer,
     /// whose output needs no requantization.
     pub fn run_rows_f32(&self, x: &[u8], rows: usize) -> Result<Vec<f32>, KernelError> {
+        self.run_rows_f32_isa(isa::current_int8(), x, rows)
+    }
+
+    /// [`PreparedQConv::run_rows_f32`] on a given ISA (tests).
+    pub fn run_rows_f32_isa(
+        &self,
+        isa: Int8Isa,
+        x: &[u8],
+        rows: usize,
+    ) -> Result<Vec<f32>, KernelError> {
         let p = &self.params;
         let Mode::Gemm { per: 1, packed } = &self.mode else {
             return Err(shape_err("qlinear", "f32 output needs a dense 1x1 layer"));
@@ -347,37 +357,51 @@ impl PreparedQConv {
                 ),
             ));
         }
-        let isa = isa::current_int8();
         let pb = &packed[0];
-        let mut y = vec![0f32; rows * p.out_channels];
-        let mut acc = [0i32; MR * NBLK];
-        let mut ptrs = vec![RowPtr(x.as_ptr()); MR];
-        for p0 in (0..rows).step_by(MR) {
-            for (i, r) in ptrs.iter_mut().enumerate() {
-                let at = (p0 + i).min(rows - 1) * p.in_channels;
-                *r = RowPtr(x[at..at + p.in_channels].as_ptr());
-            }
-            for &(col0, nb, off) in &pb.blocks {
+        let n = p.out_channels;
+        // the output blocks split over the threads: a classifier's weights (2 MB for
+        // ResNet-50's) are streamed once, half by each thread
+        let parts: Vec<Vec<f32>> = pb
+            .blocks
+            .par_iter()
+            .map(|&(col0, nb, off)| {
                 let width = (pb.n - col0).min(NBLK);
-                let a = TileRows {
-                    rows: &ptrs,
-                    valid: MR.min(rows - p0),
-                    taps: 1,
-                    skip: 0,
-                    cin: p.in_channels,
-                };
-                run_tile(isa, &a, &pb.data[off..], nb, &mut acc, None);
-                for i in 0..a.valid {
-                    let dst = &mut y[(p0 + i) * p.out_channels + col0..][..width];
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        let c = col0 + j;
-                        *d = (acc[i * NBLK + j] + self.shift[c]) as f32
-                            * (self.out.multiplier[c] * self.out.out_scale);
+                let mut part = vec![0f32; rows * width];
+                let mut acc = [0i32; MR * NBLK];
+                let mut ptrs = [RowPtr(x.as_ptr()); MR];
+                for p0 in (0..rows).step_by(MR) {
+                    for (i, r) in ptrs.iter_mut().enumerate() {
+                        let at = (p0 + i).min(rows - 1) * p.in_channels;
+                        *r = RowPtr(x[at..at + p.in_channels].as_ptr());
                     }
-                    if let Some(a) = self.out.act {
-                        a.apply(dst);
+                    let a = TileRows {
+                        rows: &ptrs,
+                        valid: MR.min(rows - p0),
+                        taps: 1,
+                        skip: 0,
+                        cin: p.in_channels,
+                    };
+                    run_tile(isa, &a, &pb.data[off..], nb, &mut acc, None);
+                    for i in 0..a.valid {
+                        let dst = &mut part[(p0 + i) * width..][..width];
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let c = col0 + j;
+                            *d = (acc[i * NBLK + j] + self.shift[c]) as f32
+                                * (self.out.multiplier[c] * self.out.out_scale);
+                        }
+                        if let Some(a) = self.out.act {
+                            a.apply(dst);
+                        }
                     }
                 }
+                part
+            })
+            .collect();
+        let mut y = vec![0f32; rows * n];
+        for (&(col0, _, _), part) in pb.blocks.iter().zip(&parts) {
+            let width = part.len() / rows;
+            for (r, src) in part.chunks_exact(width).enumerate() {
+                y[r * n + col0..][..width].copy_from_slice(src);
             }
         }
         Ok(y)

@@ -292,6 +292,51 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// A linear layer with f32 output (a classifier head) on every ISA: rows of any count
+    /// (partial tiles), output blocks split over the threads, exactly
+    /// `(sum (x - za) * w + bias) * s_in * s_w`, then the activation.
+    #[test]
+    fn linear_f32_matches_the_reference(rows in 1usize..14, cin in 1usize..300, cout in 1usize..200,
+                                        za in 0u8..=255, relu in any::<bool>(), seed in any::<u64>()) {
+        let p = Conv2dParams {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let x = bytes(rows * cin, seed);
+        let wt: Vec<i8> = bytes(cin * cout, seed ^ 5).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..cout as i32).map(|i| i * 97 - 3000).collect();
+        let out = QConvOutput {
+            za,
+            multiplier: (0..cout).map(|i| 1e-3 * (1.0 + i as f32 / 7.0)).collect(),
+            zo: 0,
+            out_scale: 0.25,
+            act: relu.then_some(crate::Activation::Relu),
+        };
+        let mut want = vec![0f32; rows * cout];
+        for r in 0..rows {
+            for co in 0..cout {
+                let acc: i32 = (0..cin)
+                    .map(|ci| (x[r * cin + ci] as i32 - za as i32) * wt[co * cin + ci] as i32)
+                    .sum();
+                let v = (acc + bias[co]) as f32 * (out.multiplier[co] * out.out_scale);
+                want[r * cout + co] = if relu { v.max(0.0) } else { v };
+            }
+        }
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
+        for isa in isa::available_int8() {
+            let got = conv.run_rows_f32_isa(isa, &x, rows).unwrap();
+            prop_assert!(got == want, "{:?} rows {} {:?}", isa, rows, p);
+        }
+    }
+}
+
 /// Stems (3 input channels: ResNet's 7x7/2, MobileNet's 3x3/2, a dilated one) take the im2col
 /// path on every ISA and on the AMX emulator.
 #[test]
