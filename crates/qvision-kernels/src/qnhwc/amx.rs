@@ -16,7 +16,7 @@
 //! the hardware path is checked against the scalar reference once, when it is first detected,
 //! and also joins the every-ISA tests.
 
-use super::conv::{requant_row, Geom, Plan, PreparedQConv, Src};
+use super::conv::{requant_row, Geom, PreparedQConv, Src};
 use super::{OutPtr, PackedQB, RowPtr, NBLK};
 use rayon::prelude::*;
 
@@ -222,7 +222,7 @@ impl PreparedQConv {
         residual: Option<(&[u8], i32, f32)>,
         y: &mut [u8],
     ) {
-        let plan = Plan::new(p, g, (per, packed), (AMX_MR, self.out.za), false);
+        let plan = self.plan(p, g, (per, packed), AMX_MR, false);
         let (cin_sg, cout_sg, taps, m, zbuf) =
             (plan.cin_sg, plan.cout_sg, plan.taps, plan.m, &plan.zbuf);
         let chunks = cin_sg.div_ceil(KC);

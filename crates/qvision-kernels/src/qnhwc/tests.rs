@@ -337,6 +337,53 @@ proptest! {
     }
 }
 
+/// A conv keeps the plans of recent runs (work items, strips): runs over changing input sizes
+/// and thread counts, more of them than it keeps, each match the reference.
+#[test]
+fn cached_plans_follow_the_input() {
+    for (k, pad, cin) in [(3, 1, 8), (7, 3, 3), (1, 0, 24)] {
+        let p = Conv2dParams {
+            in_channels: cin,
+            out_channels: 20,
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [pad, pad],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let wt: Vec<i8> = bytes(p.weight_len(), 3).iter().map(|&v| v as i8).collect();
+        let bias: Vec<i32> = (0..20).map(|i| i * 57 - 500).collect();
+        let out = QConvOutput {
+            za: 77,
+            multiplier: vec![2e-3; 20],
+            zo: 5,
+            out_scale: 0.05,
+            act: None,
+        };
+        let conv = PreparedQConv::new(p, &wt, Some(&bias), out.clone()).unwrap();
+        for (threads, n, h, w) in [
+            (1, 1, 9, 7),
+            (3, 2, 5, 5),
+            (3, 1, 9, 7),
+            (1, 1, 12, 3),
+            (3, 1, 4, 4),
+            (1, 1, 5, 6),
+            (3, 2, 5, 5),
+            (1, 1, 9, 7),
+            (2, 1, 9, 7),
+        ] {
+            let x = bytes(n * h * w * cin, (n * h * w) as u64);
+            let want = reference(&p, &x, n, h, w, &wt, &bias, &out, None);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| conv.run(&x, n, h, w, None).unwrap().0);
+            assert!(got == want, "k{k} {threads} threads {n}x{h}x{w}");
+        }
+    }
+}
+
 /// Stems (3 input channels: ResNet's 7x7/2, MobileNet's 3x3/2, a dilated one) take the im2col
 /// path on every ISA and on the AMX emulator.
 #[test]
