@@ -10,6 +10,43 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A square conv's params: `k x k` kernel, stride `s`, padding `pad`, dilation `d`.
+fn square(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    (s, pad, d): (usize, usize, usize),
+    groups: usize,
+) -> Conv2dParams {
+    Conv2dParams {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [pad, pad],
+        dilation: [d, d],
+        groups,
+    }
+}
+
+/// Output quantization with per-channel multipliers `m0 * (1 + i / ramp)` over `cout`
+/// channels, output scale 0.05 unless given.
+fn qout(
+    za: u8,
+    cout: usize,
+    (m0, ramp): (f32, f32),
+    zo: u8,
+    act: Option<crate::Activation>,
+) -> QConvOutput {
+    QConvOutput {
+        za,
+        multiplier: (0..cout).map(|i| m0 * (1.0 + i as f32 / ramp)).collect(),
+        zo,
+        out_scale: 0.05,
+        act,
+    }
+}
+
 /// Plain NHWC quantized convolution: exact i32 sums of `(x - za) * w`, then the epilogue
 /// written out once more, element by element.
 #[allow(clippy::too_many_arguments)]
@@ -159,19 +196,12 @@ proptest! {
                                          za in 0u8..=255, seed in any::<u64>()) {
         // 49 taps (skip masks), 81 and 121 (past the 64-tap mask: nothing skipped), strips and
         // merged kernel rows where cin is whole quads
-        let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s],
-                               padding: [pad.min(k - 1); 2], dilation: [1, 1], groups: 1 };
+        let p = square(cin, cout, k, (s, pad.min(k - 1), 1), 1);
         let (h, w) = (hw.0 + k, hw.1 + k);
         let x = bytes(h * w * cin, seed);
         let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
         let bias: Vec<i32> = (0..cout as i32).map(|i| i * 311 - 900).collect();
-        let out = QConvOutput {
-            za,
-            multiplier: (0..cout).map(|i| 2e-4 * (1.0 + i as f32 / 9.0)).collect(),
-            zo: 7,
-            out_scale: 0.05,
-            act: None,
-        };
+        let out = qout(za, cout, (2e-4, 9.0), 7, None);
         let want = reference(&p, &x, 1, h, w, &wt, &bias, &out, None);
         let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
         for isa in isa::available_int8() {
@@ -185,19 +215,12 @@ proptest! {
                                             pad in 0usize..3, d in 1usize..3, hw in (1usize..8, 1usize..12),
                                             za in 0u8..=255, zo in 0u8..=255, act in 0usize..3, res in any::<bool>(), seed in any::<u64>()) {
         // 64+ channels take the tap-paired AVX-512 kernel for interior pixels
-        let p = Conv2dParams { in_channels: c, out_channels: c, kernel: [k, k], stride: [s, s],
-                               padding: [pad.min(k - 1); 2], dilation: [d, d], groups: c };
+        let p = square(c, c, k, (s, pad.min(k - 1), d), c);
         let (h, w) = (hw.0 + d * k, hw.1 + d * k);
         let x = bytes(h * w * c, seed);
         let wt: Vec<i8> = bytes(p.weight_len(), seed ^ 5).iter().map(|&v| v as i8).collect();
         let bias: Vec<i32> = (0..c as i32).map(|i| (i * 977 - 5000) * (seed as i32 % 7)).collect();
-        let out = QConvOutput {
-            za,
-            multiplier: (0..c).map(|i| 0.003 * (1.0 + i as f32 / 50.0)).collect(),
-            zo,
-            out_scale: 0.05,
-            act: [None, Some(crate::Activation::Relu), Some(crate::Activation::Relu6)][act],
-        };
+        let out = qout(za, c, (0.003, 50.0), zo, [None, Some(crate::Activation::Relu), Some(crate::Activation::Relu6)][act]);
         let (oh, ow) = p.output_size(h, w).unwrap();
         let r = bytes(oh * ow * c, seed ^ 9);
         let residual = res.then_some((r.as_slice(), 77, 0.37));
@@ -300,25 +323,11 @@ proptest! {
     #[test]
     fn linear_f32_matches_the_reference(rows in 1usize..14, cin in 1usize..300, cout in 1usize..200,
                                         za in 0u8..=255, relu in any::<bool>(), seed in any::<u64>()) {
-        let p = Conv2dParams {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let p = square(cin, cout, 1, (1, 0, 1), 1);
         let x = bytes(rows * cin, seed);
         let wt: Vec<i8> = bytes(cin * cout, seed ^ 5).iter().map(|&v| v as i8).collect();
         let bias: Vec<i32> = (0..cout as i32).map(|i| i * 97 - 3000).collect();
-        let out = QConvOutput {
-            za,
-            multiplier: (0..cout).map(|i| 1e-3 * (1.0 + i as f32 / 7.0)).collect(),
-            zo: 0,
-            out_scale: 0.25,
-            act: relu.then_some(crate::Activation::Relu),
-        };
+        let out = QConvOutput { out_scale: 0.25, ..qout(za, cout, (1e-3, 7.0), 0, relu.then_some(crate::Activation::Relu)) };
         let mut want = vec![0f32; rows * cout];
         for r in 0..rows {
             for co in 0..cout {
@@ -342,24 +351,10 @@ proptest! {
 #[test]
 fn cached_plans_follow_the_input() {
     for (k, pad, cin) in [(3, 1, 8), (7, 3, 3), (1, 0, 24)] {
-        let p = Conv2dParams {
-            in_channels: cin,
-            out_channels: 20,
-            kernel: [k, k],
-            stride: [1, 1],
-            padding: [pad, pad],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let p = square(cin, 20, k, (1, pad, 1), 1);
         let wt: Vec<i8> = bytes(p.weight_len(), 3).iter().map(|&v| v as i8).collect();
         let bias: Vec<i32> = (0..20).map(|i| i * 57 - 500).collect();
-        let out = QConvOutput {
-            za: 77,
-            multiplier: vec![2e-3; 20],
-            zo: 5,
-            out_scale: 0.05,
-            act: None,
-        };
+        let out = qout(77, 20, (2e-3, f32::INFINITY), 5, None);
         let conv = PreparedQConv::new(p, &wt, Some(&bias), out.clone()).unwrap();
         for (threads, n, h, w) in [
             (1, 1, 9, 7),
@@ -393,25 +388,11 @@ fn stems_match_the_reference() {
         (3, 2, 1, 1, 32, 17, 20),
         (3, 1, 2, 2, 20, 9, 11),
     ] {
-        let p = Conv2dParams {
-            in_channels: 3,
-            out_channels: cout,
-            kernel: [k, k],
-            stride: [s, s],
-            padding: [pad, pad],
-            dilation: [d, d],
-            groups: 1,
-        };
+        let p = square(3, cout, k, (s, pad, d), 1);
         let x = bytes(2 * h * w * 3, k as u64);
         let wt: Vec<i8> = bytes(p.weight_len(), 7).iter().map(|&v| v as i8).collect();
         let bias: Vec<i32> = (0..cout as i32).map(|i| i * 311 - 4000).collect();
-        let out = QConvOutput {
-            za: 113,
-            multiplier: (0..cout).map(|i| 1e-3 * (1.0 + i as f32 / 13.0)).collect(),
-            zo: 9,
-            out_scale: 0.05,
-            act: Some(crate::Activation::Relu),
-        };
+        let out = qout(113, cout, (1e-3, 13.0), 9, Some(crate::Activation::Relu));
         let want = reference(&p, &x, 2, h, w, &wt, &bias, &out, None);
         let conv = PreparedQConv::new(p, &wt, Some(&bias), out).unwrap();
         for isa in isa::available_int8() {
