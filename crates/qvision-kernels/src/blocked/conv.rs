@@ -255,6 +255,15 @@ impl BlockedConv {
         const CHUNK: usize = 8 * NPX;
         // ReLU / ReLU6 (and the residual before them) are applied by the dense kernels' store
         let clamp = clamp_of(act);
+        // flat 1x1 convs on AVX-512 run two output blocks per register run
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Kind::Dense { w }) = (
+            flat && p.groups == 1 && ob > 1 && isa == Isa::Avx512,
+            &self.kind,
+        ) {
+            self.flat_pairs(xp, (n, ib, ow_r), w, residual, act, &mut out);
+            return Ok((out, oh, ow));
+        }
         out.par_chunks_mut(row.max(1))
             .enumerate()
             .for_each(|(r, row_dst)| {
@@ -342,6 +351,98 @@ impl BlockedConv {
                     });
             });
         Ok((out, oh, ow))
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+#[cfg(target_arch = "x86_64")]
+struct OutF32(*mut f32);
+// SAFETY: only hands disjoint ranges of one buffer to parallel tasks (see `flat_pairs`).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for OutF32 {}
+// SAFETY: as above.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for OutF32 {}
+
+#[cfg(target_arch = "x86_64")]
+impl OutF32 {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BlockedConv {
+    /// A flat 1x1 conv (stride 1, unpadded, `hw` pixels per image) on AVX-512, two output
+    /// blocks at a time ([`x86::pair_run`]): tasks are (image, block pair, chunk of pixels); an
+    /// odd last block runs alone.
+    fn flat_pairs(
+        &self,
+        xp: &[f32],
+        (n, ib, hw): (usize, usize, usize),
+        w: &[f32],
+        residual: Option<&[f32]>,
+        act: Option<Activation>,
+        out: &mut [f32],
+    ) {
+        const CHUNK: usize = 8 * NPX;
+        let p = &self.p;
+        let ob = blocks(p.out_channels);
+        let (pairs, per_img) = (ob.div_ceil(2), hw.div_ceil(CHUNK));
+        let k = ib * B * B;
+        let last = p.in_channels - (ib - 1) * B;
+        let clamp = clamp_of(act);
+        let smooth = act.filter(|_| clamp.is_none());
+        assert!(
+            out.len() >= n * ob * hw * B && xp.len() >= n * ib * hw * B,
+            "operand sizes"
+        );
+        let y = OutF32(out.as_mut_ptr());
+        (0..n * pairs * per_img).into_par_iter().for_each(|t| {
+            let (nn, pr, c) = (t / (pairs * per_img), t / per_img % pairs, t % per_img);
+            let (x0, len) = (c * CHUNK, CHUNK.min(hw - c * CHUNK));
+            let o0 = 2 * pr;
+            let o1 = (o0 + 1).min(ob - 1);
+            let at = |obi: usize| ((nn * ob + obi) * hw + x0) * B;
+            // SAFETY: pixels x0..x0+len of output blocks o0 and o1 of image nn lie inside `out`
+            // (asserted above) and belong to task t alone (tasks partition images x block pairs
+            // x pixel chunks); `out` outlives the loop. An odd last pair has o1 == o0: its
+            // second run goes to a scratch buffer instead, so the two never alias.
+            let d0 = unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o0)), len * B) };
+            let mut spare = Vec::new();
+            let d1 = if o1 != o0 {
+                // SAFETY: as above, block o1 != o0.
+                unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o1)), len * B) }
+            } else {
+                spare.resize(len * B, 0.0);
+                &mut spare[..]
+            };
+            let res = |obi: usize| residual.map(|r| &r[at(obi)..at(obi) + len * B]);
+            let pair = x86::Pair {
+                x: &xp[nn * ib * hw * B..(nn + 1) * ib * hw * B],
+                ib,
+                hw,
+                last,
+                w: [&w[o0 * k..(o0 + 1) * k], &w[o1 * k..(o1 + 1) * k]],
+                bias: [self.bias_lanes(o0), self.bias_lanes(o1)],
+            };
+            let fuse = [
+                Fuse {
+                    res: res(o0),
+                    clamp,
+                },
+                Fuse {
+                    res: res(o1),
+                    clamp,
+                },
+            ];
+            x86::pair_run(&pair, x0, len, [&mut *d0, &mut *d1], fuse);
+            finish_chunk(Isa::Avx512, d0, None, smooth);
+            if o1 != o0 {
+                finish_chunk(Isa::Avx512, d1, None, smooth);
+            }
+        });
     }
 }
 
@@ -953,6 +1054,102 @@ mod x86 {
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 
+    /// Two output blocks of a flat 1x1 conv (stride 1, no padding) over one run of pixels:
+    /// `[pixel][block]`. Each broadcast input value feeds 32 outputs instead of 16.
+    pub(super) struct Pair<'a> {
+        /// The image's `ib` input planes of `hw` pixels.
+        pub x: &'a [f32],
+        pub ib: usize,
+        pub hw: usize,
+        /// Input channels in the last input block.
+        pub last: usize,
+        /// Each block's `[ib][16 ic][16 oc]` weights and bias.
+        pub w: [&'a [f32]; 2],
+        pub bias: [&'a [f32; B]; 2],
+    }
+
+    /// The pixels `x0..x0 + len` of both blocks of `pair` into `dst` (each block's run of
+    /// `len * 16` values), with each block's residual and clamp.
+    pub(super) fn pair_run(
+        pair: &Pair<'_>,
+        x0: usize,
+        len: usize,
+        dst: [&mut [f32]; 2],
+        fuse: [Fuse<'_>; 2],
+    ) {
+        let k = pair.ib * B * B;
+        assert!(
+            x0 + len <= pair.hw
+                && pair.x.len() >= pair.ib * pair.hw * B
+                && pair.w.iter().all(|w| w.len() >= k)
+                && dst.iter().all(|d| d.len() >= len * B)
+                && fuse
+                    .iter()
+                    .all(|f| f.res.is_none_or(|r| r.len() >= len * B))
+                && (1..=B).contains(&pair.last),
+            "operand sizes"
+        );
+        let [d0, d1] = dst;
+        let mut ox0 = 0;
+        while ox0 < len {
+            let n = super::super::run_len(len - ox0);
+            // SAFETY: AVX-512F was detected by the caller's ISA choice; the assert above bounds
+            // every input pixel x0 + ox0 + pi < hw of every plane, every weight and every output
+            // (and residual) of the run.
+            unsafe {
+                super::super::by_run_len!(
+                    n,
+                    pair_px(pair, x0, ox0, (d0.as_mut_ptr(), d1.as_mut_ptr()), fuse)
+                )
+            };
+            ox0 += n;
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F is available; see [`pair_run`]'s assert (`x0 + ox0 + N <= hw`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_px<const N: usize>(
+        pair: &Pair<'_>,
+        x0: usize,
+        ox0: usize,
+        (d0, d1): (*mut f32, *mut f32),
+        fuse: [Fuse<'_>; 2],
+    ) {
+        // SAFETY: 16 floats each.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(pair.bias[0].as_ptr()),
+                _mm512_loadu_ps(pair.bias[1].as_ptr()),
+            )
+        };
+        let mut a0 = [b0; N];
+        let mut a1 = [b1; N];
+        let xp = pair.x.as_ptr();
+        let (w0, w1) = (pair.w[0].as_ptr(), pair.w[1].as_ptr());
+        for ib in 0..pair.ib {
+            let lanes = if ib + 1 == pair.ib { pair.last } else { B };
+            let base = (ib * pair.hw + x0 + ox0) * B;
+            for ic in 0..lanes {
+                let wk = (ib * B + ic) * B;
+                // SAFETY: weight (ib, ic) of each block lies in its slice.
+                let (v0, v1) =
+                    unsafe { (_mm512_loadu_ps(w0.add(wk)), _mm512_loadu_ps(w1.add(wk))) };
+                for pi in 0..N {
+                    // SAFETY: pixel x0 + ox0 + pi of plane ib lies in the input.
+                    let xv = _mm512_set1_ps(unsafe { *xp.add(base + pi * B + ic) });
+                    a0[pi] = _mm512_fmadd_ps(xv, v0, a0[pi]);
+                    a1[pi] = _mm512_fmadd_ps(xv, v1, a1[pi]);
+                }
+            }
+        }
+        // SAFETY: both runs (and residuals) hold (ox0 + N) * 16 values.
+        unsafe {
+            store_run(&a0, d0, ox0, fuse[0]);
+            store_run(&a1, d1, ox0, fuse[1]);
+        }
+    }
+
     pub(super) fn grouped_row(
         p: &Conv2dParams,
         g: &Geom,
@@ -1241,6 +1438,37 @@ mod tests {
                 let (yb, ooh, oow) = conv.run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act).unwrap();
                 prop_assert_eq!((ooh, oow), (oh, ow));
                 let y = from_blocked(&yb, n, cout, oh * ow);
+                for (a, bb) in y.iter().zip(&want) {
+                    prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
+                }
+            }
+        }
+
+        /// 1x1 stride-1 convs over several output blocks (on AVX-512 two blocks per register
+        /// run, an odd last block alone): partial last input blocks, several images, pixel
+        /// counts that end mid-run, residual and clamp.
+        #[test]
+        fn flat_1x1_convs_match_reference(cin in 16usize..300, cout in 17usize..90, hw in 1usize..400,
+                                          n in 1usize..3, res in any::<bool>(), act in 0usize..3,
+                                          seed in any::<u64>()) {
+            let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [1, 1], stride: [1, 1],
+                                   padding: [0, 0], dilation: [1, 1], groups: 1 };
+            let x = reference::pseudo_random(n * cin * hw, seed);
+            let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
+            let b = reference::pseudo_random(cout, seed ^ 2);
+            let (mut want, _, _) = reference::conv2d(&p, &x, n, 1, hw, &wt, Some(&b)).unwrap();
+            let r = reference::pseudo_random(want.len(), seed ^ 3);
+            let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
+            for (v, rv) in want.iter_mut().zip(&r) {
+                if res { *v += rv; }
+                if let Some(a) = act { *v = a.apply_scalar(*v); }
+            }
+            let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+            let xb = to_blocked(&x, n, cin, hw);
+            let rb = to_blocked(&r, n, cout, hw);
+            for isa in isa::available() {
+                let (yb, _, _) = conv.run_isa(isa, &xb, n, 1, hw, res.then_some(rb.as_slice()), act).unwrap();
+                let y = from_blocked(&yb, n, cout, hw);
                 for (a, bb) in y.iter().zip(&want) {
                     prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
                 }
