@@ -255,13 +255,18 @@ impl BlockedConv {
         const CHUNK: usize = 8 * NPX;
         // ReLU / ReLU6 (and the residual before them) are applied by the dense kernels' store
         let clamp = clamp_of(act);
-        // flat 1x1 convs on AVX-512 run two output blocks per register run
+        // unpadded 1x1 convs on AVX-512 run two output blocks per register run
         #[cfg(target_arch = "x86_64")]
-        if let (true, Kind::Dense { w }) = (
-            flat && p.groups == 1 && ob > 1 && isa == Isa::Avx512,
+        if let (true, Kind::Dense { w: wt }) = (
+            p.kernel == [1, 1]
+                && p.padding == [0, 0]
+                && (p.stride == [1, 1] || p.stride == [2, 2])
+                && p.groups == 1
+                && ob > 1
+                && isa == Isa::Avx512,
             &self.kind,
         ) {
-            self.flat_pairs(xp, (n, ib, ow_r), w, residual, act, &mut out);
+            self.pairs_1x1(xp, (n, ib, h, w), (oh_r, ow_r), wt, residual, act, &mut out);
             return Ok((out, oh, ow));
         }
         out.par_chunks_mut(row.max(1))
@@ -357,7 +362,7 @@ impl BlockedConv {
 /// A raw output pointer shared by tasks that write disjoint parts of it.
 #[cfg(target_arch = "x86_64")]
 struct OutF32(*mut f32);
-// SAFETY: only hands disjoint ranges of one buffer to parallel tasks (see `flat_pairs`).
+// SAFETY: only hands disjoint ranges of one buffer to parallel tasks (see `pairs_1x1`).
 #[cfg(target_arch = "x86_64")]
 unsafe impl Send for OutF32 {}
 // SAFETY: as above.
@@ -374,41 +379,51 @@ impl OutF32 {
 
 #[cfg(target_arch = "x86_64")]
 impl BlockedConv {
-    /// A flat 1x1 conv (stride 1, unpadded, `hw` pixels per image) on AVX-512, two output
-    /// blocks at a time ([`x86::pair_run`]): tasks are (image, block pair, chunk of pixels); an
-    /// odd last block runs alone.
-    fn flat_pairs(
+    /// An unpadded 1x1 conv on AVX-512, two output blocks at a time ([`x86::pair_run`]):
+    /// input planes of `h x w` pixels, output `oh x ow` with stride `s` (a flat conv is one row
+    /// of `h * w`); tasks are (image, block pair, output row, chunk of pixels); an odd last
+    /// block runs alone.
+    #[allow(clippy::too_many_arguments)]
+    fn pairs_1x1(
         &self,
         xp: &[f32],
-        (n, ib, hw): (usize, usize, usize),
-        w: &[f32],
+        (n, ib, h, w): (usize, usize, usize, usize),
+        (oh, ow): (usize, usize),
+        wt: &[f32],
         residual: Option<&[f32]>,
         act: Option<Activation>,
         out: &mut [f32],
     ) {
         const CHUNK: usize = 8 * NPX;
         let p = &self.p;
+        let [sh, sw] = p.stride;
         let ob = blocks(p.out_channels);
-        let (pairs, per_img) = (ob.div_ceil(2), hw.div_ceil(CHUNK));
+        let (pairs, per_row) = (ob.div_ceil(2), ow.div_ceil(CHUNK));
         let k = ib * B * B;
         let last = p.in_channels - (ib - 1) * B;
         let clamp = clamp_of(act);
         let smooth = act.filter(|_| clamp.is_none());
         assert!(
-            out.len() >= n * ob * hw * B && xp.len() >= n * ib * hw * B,
+            out.len() >= n * ob * oh * ow * B
+                && xp.len() >= n * ib * h * w * B
+                && (oh - 1) * sh < h
+                && (ow - 1) * sw < w,
             "operand sizes"
         );
         let y = OutF32(out.as_mut_ptr());
-        (0..n * pairs * per_img).into_par_iter().for_each(|t| {
-            let (nn, pr, c) = (t / (pairs * per_img), t / per_img % pairs, t % per_img);
-            let (x0, len) = (c * CHUNK, CHUNK.min(hw - c * CHUNK));
+        (0..n * pairs * oh * per_row).into_par_iter().for_each(|t| {
+            let c = t % per_row;
+            let oy = t / per_row % oh;
+            let pr = t / (per_row * oh) % pairs;
+            let nn = t / (per_row * oh * pairs);
+            let (x0, len) = (c * CHUNK, CHUNK.min(ow - c * CHUNK));
             let o0 = 2 * pr;
             let o1 = (o0 + 1).min(ob - 1);
-            let at = |obi: usize| ((nn * ob + obi) * hw + x0) * B;
-            // SAFETY: pixels x0..x0+len of output blocks o0 and o1 of image nn lie inside `out`
-            // (asserted above) and belong to task t alone (tasks partition images x block pairs
-            // x pixel chunks); `out` outlives the loop. An odd last pair has o1 == o0: its
-            // second run goes to a scratch buffer instead, so the two never alias.
+            let at = |obi: usize| (((nn * ob + obi) * oh + oy) * ow + x0) * B;
+            // SAFETY: pixels x0..x0+len of row oy of output blocks o0 and o1 of image nn lie
+            // inside `out` (asserted above) and belong to task t alone (tasks partition images x
+            // block pairs x rows x pixel chunks); `out` outlives the loop. An odd last pair has
+            // o1 == o0: its second run goes to a scratch buffer instead, so the two never alias.
             let d0 = unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o0)), len * B) };
             let mut spare = Vec::new();
             let d1 = if o1 != o0 {
@@ -420,11 +435,13 @@ impl BlockedConv {
             };
             let res = |obi: usize| residual.map(|r| &r[at(obi)..at(obi) + len * B]);
             let pair = x86::Pair {
-                x: &xp[nn * ib * hw * B..(nn + 1) * ib * hw * B],
+                x: &xp[nn * ib * h * w * B..(nn + 1) * ib * h * w * B],
                 ib,
-                hw,
+                plane: h * w,
+                first: oy * sh * w + x0 * sw,
+                step: sw,
                 last,
-                w: [&w[o0 * k..(o0 + 1) * k], &w[o1 * k..(o1 + 1) * k]],
+                w: [&wt[o0 * k..(o0 + 1) * k], &wt[o1 * k..(o1 + 1) * k]],
                 bias: [self.bias_lanes(o0), self.bias_lanes(o1)],
             };
             let fuse = [
@@ -437,7 +454,7 @@ impl BlockedConv {
                     clamp,
                 },
             ];
-            x86::pair_run(&pair, x0, len, [&mut *d0, &mut *d1], fuse);
+            x86::pair_run(&pair, len, [&mut *d0, &mut *d1], fuse);
             finish_chunk(Isa::Avx512, d0, None, smooth);
             if o1 != o0 {
                 finish_chunk(Isa::Avx512, d1, None, smooth);
@@ -1054,13 +1071,16 @@ mod x86 {
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 
-    /// Two output blocks of a flat 1x1 conv (stride 1, no padding) over one run of pixels:
-    /// `[pixel][block]`. Each broadcast input value feeds 32 outputs instead of 16.
+    /// Two output blocks of an unpadded 1x1 conv over one run of output pixels, `[pixel][block]`:
+    /// each broadcast input value feeds 32 outputs instead of 16.
     pub(super) struct Pair<'a> {
-        /// The image's `ib` input planes of `hw` pixels.
+        /// The image's `ib` input planes of `plane` pixels.
         pub x: &'a [f32],
         pub ib: usize,
-        pub hw: usize,
+        pub plane: usize,
+        /// The run's first input pixel (in a plane) and the step between its pixels.
+        pub first: usize,
+        pub step: usize,
         /// Input channels in the last input block.
         pub last: usize,
         /// Each block's `[ib][16 ic][16 oc]` weights and bias.
@@ -1068,25 +1088,21 @@ mod x86 {
         pub bias: [&'a [f32; B]; 2],
     }
 
-    /// The pixels `x0..x0 + len` of both blocks of `pair` into `dst` (each block's run of
-    /// `len * 16` values), with each block's residual and clamp.
-    pub(super) fn pair_run(
-        pair: &Pair<'_>,
-        x0: usize,
-        len: usize,
-        dst: [&mut [f32]; 2],
-        fuse: [Fuse<'_>; 2],
-    ) {
+    /// `len` output pixels of both blocks of `pair` into `dst` (each block's run of `len * 16`
+    /// values), with each block's residual and clamp.
+    pub(super) fn pair_run(pair: &Pair<'_>, len: usize, dst: [&mut [f32]; 2], fuse: [Fuse<'_>; 2]) {
         let k = pair.ib * B * B;
         assert!(
-            x0 + len <= pair.hw
-                && pair.x.len() >= pair.ib * pair.hw * B
+            len >= 1
+                && pair.first + (len - 1) * pair.step < pair.plane
+                && pair.x.len() >= pair.ib * pair.plane * B
                 && pair.w.iter().all(|w| w.len() >= k)
                 && dst.iter().all(|d| d.len() >= len * B)
                 && fuse
                     .iter()
                     .all(|f| f.res.is_none_or(|r| r.len() >= len * B))
-                && (1..=B).contains(&pair.last),
+                && (1..=B).contains(&pair.last)
+                && matches!(pair.step, 1 | 2),
             "operand sizes"
         );
         let [d0, d1] = dst;
@@ -1094,24 +1110,58 @@ mod x86 {
         while ox0 < len {
             let n = super::super::run_len(len - ox0);
             // SAFETY: AVX-512F was detected by the caller's ISA choice; the assert above bounds
-            // every input pixel x0 + ox0 + pi < hw of every plane, every weight and every output
-            // (and residual) of the run.
+            // every input pixel first + (ox0 + pi) * step < plane of every plane, every weight
+            // and every output (and residual) of the run.
             unsafe {
-                super::super::by_run_len!(
-                    n,
-                    pair_px(pair, x0, ox0, (d0.as_mut_ptr(), d1.as_mut_ptr()), fuse)
-                )
+                let out = (d0.as_mut_ptr(), d1.as_mut_ptr());
+                if pair.step == 1 {
+                    super::super::by_run_len!(n, pair_px1(pair, ox0, out, fuse))
+                } else {
+                    super::super::by_run_len!(n, pair_px2(pair, ox0, out, fuse))
+                }
             };
             ox0 += n;
         }
     }
 
+    /// [`pair_px`] over consecutive input pixels.
+    ///
     /// # Safety
-    /// AVX-512F is available; see [`pair_run`]'s assert (`x0 + ox0 + N <= hw`).
+    /// As [`pair_px`].
     #[target_feature(enable = "avx512f")]
-    unsafe fn pair_px<const N: usize>(
+    unsafe fn pair_px1<const N: usize>(
         pair: &Pair<'_>,
-        x0: usize,
+        ox0: usize,
+        out: (*mut f32, *mut f32),
+        fuse: [Fuse<'_>; 2],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { pair_px::<N, 1>(pair, ox0, out, fuse) }
+    }
+
+    /// [`pair_px`] over every other input pixel (stride 2).
+    ///
+    /// # Safety
+    /// As [`pair_px`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_px2<const N: usize>(
+        pair: &Pair<'_>,
+        ox0: usize,
+        out: (*mut f32, *mut f32),
+        fuse: [Fuse<'_>; 2],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { pair_px::<N, 2>(pair, ox0, out, fuse) }
+    }
+
+    /// `N` output pixels of both blocks, input pixels `S` apart (a compile-time step, so each
+    /// broadcast's address is a constant offset).
+    ///
+    /// # Safety
+    /// AVX-512F is available; see [`pair_run`]'s assert (`ox0 + N <= len`, `S == pair.step`).
+    #[inline(always)]
+    unsafe fn pair_px<const N: usize, const S: usize>(
+        pair: &Pair<'_>,
         ox0: usize,
         (d0, d1): (*mut f32, *mut f32),
         fuse: [Fuse<'_>; 2],
@@ -1129,15 +1179,15 @@ mod x86 {
         let (w0, w1) = (pair.w[0].as_ptr(), pair.w[1].as_ptr());
         for ib in 0..pair.ib {
             let lanes = if ib + 1 == pair.ib { pair.last } else { B };
-            let base = (ib * pair.hw + x0 + ox0) * B;
+            let base = (ib * pair.plane + pair.first + ox0 * S) * B;
             for ic in 0..lanes {
                 let wk = (ib * B + ic) * B;
                 // SAFETY: weight (ib, ic) of each block lies in its slice.
                 let (v0, v1) =
                     unsafe { (_mm512_loadu_ps(w0.add(wk)), _mm512_loadu_ps(w1.add(wk))) };
                 for pi in 0..N {
-                    // SAFETY: pixel x0 + ox0 + pi of plane ib lies in the input.
-                    let xv = _mm512_set1_ps(unsafe { *xp.add(base + pi * B + ic) });
+                    // SAFETY: input pixel first + (ox0 + pi) * step of plane ib lies in the input.
+                    let xv = _mm512_set1_ps(unsafe { *xp.add(base + pi * S * B + ic) });
                     a0[pi] = _mm512_fmadd_ps(xv, v0, a0[pi]);
                     a1[pi] = _mm512_fmadd_ps(xv, v1, a1[pi]);
                 }
@@ -1444,19 +1494,19 @@ mod tests {
             }
         }
 
-        /// 1x1 stride-1 convs over several output blocks (on AVX-512 two blocks per register
-        /// run, an odd last block alone): partial last input blocks, several images, pixel
-        /// counts that end mid-run, residual and clamp.
+        /// Unpadded 1x1 convs over several output blocks (on AVX-512 two blocks per register
+        /// run, an odd last block alone), stride 1 (one flat row) or 2: partial last input
+        /// blocks, several images, rows that end mid-run, residual and clamp.
         #[test]
-        fn flat_1x1_convs_match_reference(cin in 16usize..300, cout in 17usize..90, hw in 1usize..400,
-                                          n in 1usize..3, res in any::<bool>(), act in 0usize..3,
-                                          seed in any::<u64>()) {
-            let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [1, 1], stride: [1, 1],
+        fn unpadded_1x1_convs_match_reference(cin in 16usize..300, cout in 17usize..90, h in 1usize..12,
+                                              w in 1usize..60, s in 1usize..3, n in 1usize..3,
+                                              res in any::<bool>(), act in 0usize..3, seed in any::<u64>()) {
+            let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [1, 1], stride: [s, s],
                                    padding: [0, 0], dilation: [1, 1], groups: 1 };
-            let x = reference::pseudo_random(n * cin * hw, seed);
+            let x = reference::pseudo_random(n * cin * h * w, seed);
             let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
             let b = reference::pseudo_random(cout, seed ^ 2);
-            let (mut want, _, _) = reference::conv2d(&p, &x, n, 1, hw, &wt, Some(&b)).unwrap();
+            let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
             let r = reference::pseudo_random(want.len(), seed ^ 3);
             let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
             for (v, rv) in want.iter_mut().zip(&r) {
@@ -1464,11 +1514,11 @@ mod tests {
                 if let Some(a) = act { *v = a.apply_scalar(*v); }
             }
             let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
-            let xb = to_blocked(&x, n, cin, hw);
-            let rb = to_blocked(&r, n, cout, hw);
+            let xb = to_blocked(&x, n, cin, h * w);
+            let rb = to_blocked(&r, n, cout, oh * ow);
             for isa in isa::available() {
-                let (yb, _, _) = conv.run_isa(isa, &xb, n, 1, hw, res.then_some(rb.as_slice()), act).unwrap();
-                let y = from_blocked(&yb, n, cout, hw);
+                let (yb, _, _) = conv.run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act).unwrap();
+                let y = from_blocked(&yb, n, cout, oh * ow);
                 for (a, bb) in y.iter().zip(&want) {
                     prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
                 }
