@@ -1444,6 +1444,57 @@ mod tests {
         }
     }
 
+    /// Run `p` over random `n x cin x h x w` data (with a random residual when `res`, then
+    /// activation `act`: none, ReLU, ReLU6) on every ISA against the plain reference; returns
+    /// the prepared conv.
+    fn conv_matches_reference(
+        p: Conv2dParams,
+        (n, h, w): (usize, usize, usize),
+        res: bool,
+        act: usize,
+        seed: u64,
+    ) -> Result<BlockedConv, TestCaseError> {
+        let (cin, cout) = (p.in_channels, p.out_channels);
+        let x = reference::pseudo_random(n * cin * h * w, seed);
+        let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
+        let b = reference::pseudo_random(cout, seed ^ 2);
+        let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
+        let r = reference::pseudo_random(want.len(), seed ^ 3);
+        let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
+        for (v, rv) in want.iter_mut().zip(&r) {
+            if res {
+                *v += rv;
+            }
+            if let Some(a) = act {
+                *v = a.apply_scalar(*v);
+            }
+        }
+        let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+        let xb = if conv.nchw_input() {
+            x.clone()
+        } else {
+            to_blocked(&x, n, cin, h * w)
+        };
+        let rb = to_blocked(&r, n, cout, oh * ow);
+        for isa in isa::available() {
+            let (yb, ooh, oow) = conv
+                .run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act)
+                .unwrap();
+            prop_assert_eq!((ooh, oow), (oh, ow));
+            let y = from_blocked(&yb, n, cout, oh * ow);
+            for (a, bb) in y.iter().zip(&want) {
+                prop_assert!(
+                    (a - bb).abs() <= 1e-4 * (1.0 + bb.abs()),
+                    "{:?}: {} vs {}",
+                    isa,
+                    a,
+                    bb
+                );
+            }
+        }
+        Ok(conv)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -1467,30 +1518,10 @@ mod tests {
             };
             let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s],
                                    padding: [pad, pad], dilation: [dil, dil], groups };
-            let x = reference::pseudo_random(n * cin * h * w, seed);
-            let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
-            let b = reference::pseudo_random(cout, seed ^ 2);
-            let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
-            let r = reference::pseudo_random(want.len(), seed ^ 3);
-            let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
-            for (v, rv) in want.iter_mut().zip(&r) {
-                if res { *v += rv; }
-                if let Some(a) = act { *v = a.apply_scalar(*v); }
-            }
-            let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
+            let conv = conv_matches_reference(p, (n, h, w), res, act, seed)?;
             if groups > 1 && groups != cin && cin / groups < B {
                 let grouped = matches!(conv.kind, Kind::Grouped { .. });
                 prop_assert!(grouped, "small groups take the grouped kernel");
-            }
-            let xb = if conv.nchw_input() { x.clone() } else { to_blocked(&x, n, cin, h * w) };
-            let rb = to_blocked(&r, n, cout, oh * ow);
-            for isa in isa::available() {
-                let (yb, ooh, oow) = conv.run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act).unwrap();
-                prop_assert_eq!((ooh, oow), (oh, ow));
-                let y = from_blocked(&yb, n, cout, oh * ow);
-                for (a, bb) in y.iter().zip(&want) {
-                    prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
-                }
             }
         }
 
@@ -1503,26 +1534,7 @@ mod tests {
                                               res in any::<bool>(), act in 0usize..3, seed in any::<u64>()) {
             let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [1, 1], stride: [s, s],
                                    padding: [0, 0], dilation: [1, 1], groups: 1 };
-            let x = reference::pseudo_random(n * cin * h * w, seed);
-            let wt = reference::pseudo_random(p.weight_len(), seed ^ 1);
-            let b = reference::pseudo_random(cout, seed ^ 2);
-            let (mut want, oh, ow) = reference::conv2d(&p, &x, n, h, w, &wt, Some(&b)).unwrap();
-            let r = reference::pseudo_random(want.len(), seed ^ 3);
-            let act = [None, Some(Activation::Relu), Some(Activation::Relu6)][act];
-            for (v, rv) in want.iter_mut().zip(&r) {
-                if res { *v += rv; }
-                if let Some(a) = act { *v = a.apply_scalar(*v); }
-            }
-            let conv = BlockedConv::new(p, &wt, Some(&b)).unwrap();
-            let xb = to_blocked(&x, n, cin, h * w);
-            let rb = to_blocked(&r, n, cout, oh * ow);
-            for isa in isa::available() {
-                let (yb, _, _) = conv.run_isa(isa, &xb, n, h, w, res.then_some(rb.as_slice()), act).unwrap();
-                let y = from_blocked(&yb, n, cout, oh * ow);
-                for (a, bb) in y.iter().zip(&want) {
-                    prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()), "{:?}: {} vs {}", isa, a, bb);
-                }
-            }
+            conv_matches_reference(p, (n, h, w), res, act, seed)?;
         }
     }
 }
