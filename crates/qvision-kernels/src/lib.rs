@@ -37,6 +37,23 @@ pub(crate) fn round_u8(t: f32, zo: i32) -> u8 {
     ((t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32 + zo) as u8
 }
 
+/// A raw output pointer shared by parallel tasks that each write a disjoint region of one
+/// buffer (GEMM tiles, conv pixel runs); the buffer outlives the parallel loop.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr<T>(pub *mut T);
+// SAFETY: every task writes a disjoint region of the output, which outlives the parallel loop.
+unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as above; no task reads what another writes.
+unsafe impl<T> Sync for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper rather than
+    /// the raw field).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 /// Shape errors a kernel reports instead of panicking.
 #[derive(Debug, Error, PartialEq)]
 pub enum KernelError {

@@ -359,30 +359,12 @@ impl BlockedConv {
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint parts of it.
-#[cfg(target_arch = "x86_64")]
-struct OutF32(*mut f32);
-// SAFETY: only hands disjoint ranges of one buffer to parallel tasks (see `pairs_1x1`).
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for OutF32 {}
-// SAFETY: as above.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for OutF32 {}
-
-#[cfg(target_arch = "x86_64")]
-impl OutF32 {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 impl BlockedConv {
     /// An unpadded 1x1 conv on AVX-512, two output blocks at a time ([`x86::pair_run`]):
     /// input planes of `h x w` pixels, output `oh x ow` with stride `s` (a flat conv is one row
     /// of `h * w`); tasks are (image, block pair, output row, chunk of pixels); an odd last
-    /// block runs alone.
+    /// block runs alone on the one-block kernel ([`dense_row`]).
     #[allow(clippy::too_many_arguments)]
     fn pairs_1x1(
         &self,
@@ -410,32 +392,55 @@ impl BlockedConv {
                 && (ow - 1) * sw < w,
             "operand sizes"
         );
-        let y = OutF32(out.as_mut_ptr());
+        let y = crate::OutPtr(out.as_mut_ptr());
         (0..n * pairs * oh * per_row).into_par_iter().for_each(|t| {
             let c = t % per_row;
             let oy = t / per_row % oh;
             let pr = t / (per_row * oh) % pairs;
             let nn = t / (per_row * oh * pairs);
             let (x0, len) = (c * CHUNK, CHUNK.min(ow - c * CHUNK));
-            let o0 = 2 * pr;
-            let o1 = (o0 + 1).min(ob - 1);
+            let (o0, o1) = (2 * pr, 2 * pr + 1);
             let at = |obi: usize| (((nn * ob + obi) * oh + oy) * ow + x0) * B;
-            // SAFETY: pixels x0..x0+len of row oy of output blocks o0 and o1 of image nn lie
-            // inside `out` (asserted above) and belong to task t alone (tasks partition images x
-            // block pairs x rows x pixel chunks); `out` outlives the loop. An odd last pair has
-            // o1 == o0: its second run goes to a scratch buffer instead, so the two never alias.
-            let d0 = unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o0)), len * B) };
-            let mut spare = Vec::new();
-            let d1 = if o1 != o0 {
-                // SAFETY: as above, block o1 != o0.
-                unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o1)), len * B) }
-            } else {
-                spare.resize(len * B, 0.0);
-                &mut spare[..]
-            };
             let res = |obi: usize| residual.map(|r| &r[at(obi)..at(obi) + len * B]);
+            let fuse = |obi: usize| Fuse {
+                res: res(obi),
+                clamp,
+            };
+            let xn = &xp[nn * ib * h * w * B..(nn + 1) * ib * h * w * B];
+            // SAFETY: pixels x0..x0+len of row oy of output block o0 (and o1 below) of image nn
+            // lie inside `out` (asserted above) and belong to task t alone (tasks partition
+            // images x block pairs x rows x pixel chunks); `out` outlives the loop.
+            let d0 = unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o0)), len * B) };
+            if o1 == ob {
+                // an odd last block: the one-block kernel
+                let g = Geom {
+                    ib,
+                    hp: h,
+                    wp: w,
+                    ow: len,
+                    x0,
+                    cg: 0,
+                    last,
+                };
+                let wo = &wt[o0 * k..(o0 + 1) * k];
+                dense_row(
+                    Isa::Avx512,
+                    p,
+                    &g,
+                    xn,
+                    wo,
+                    self.bias_lanes(o0),
+                    oy,
+                    d0,
+                    fuse(o0),
+                );
+                finish_chunk(Isa::Avx512, d0, None, smooth);
+                return;
+            }
+            // SAFETY: as above, block o1 != o0.
+            let d1 = unsafe { std::slice::from_raw_parts_mut(y.get().add(at(o1)), len * B) };
             let pair = x86::Pair {
-                x: &xp[nn * ib * h * w * B..(nn + 1) * ib * h * w * B],
+                x: xn,
                 ib,
                 plane: h * w,
                 first: oy * sh * w + x0 * sw,
@@ -444,21 +449,9 @@ impl BlockedConv {
                 w: [&wt[o0 * k..(o0 + 1) * k], &wt[o1 * k..(o1 + 1) * k]],
                 bias: [self.bias_lanes(o0), self.bias_lanes(o1)],
             };
-            let fuse = [
-                Fuse {
-                    res: res(o0),
-                    clamp,
-                },
-                Fuse {
-                    res: res(o1),
-                    clamp,
-                },
-            ];
-            x86::pair_run(&pair, len, [&mut *d0, &mut *d1], fuse);
+            x86::pair_run(&pair, len, [&mut *d0, &mut *d1], [fuse(o0), fuse(o1)]);
             finish_chunk(Isa::Avx512, d0, None, smooth);
-            if o1 != o0 {
-                finish_chunk(Isa::Avx512, d1, None, smooth);
-            }
+            finish_chunk(Isa::Avx512, d1, None, smooth);
         });
     }
 }

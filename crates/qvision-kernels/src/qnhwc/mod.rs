@@ -165,20 +165,7 @@ pub(crate) fn float_isa(isa: Int8Isa) -> Isa {
     }
 }
 
-/// Raw output pointer shared by tiles that write disjoint rows/columns.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub *mut u8);
-// SAFETY: every tile writes a disjoint region of the output, which outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; no tile reads another's output.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
-    pub fn get(&self) -> *mut u8 {
-        self.0
-    }
-}
+pub(crate) use crate::OutPtr;
 
 /// Raw row pointers into the input (read only).
 #[derive(Clone, Copy)]

@@ -96,22 +96,6 @@ pub struct Epilogue<'a> {
     pub act: Option<Activation>,
 }
 
-/// A raw output pointer shared by tiles that write disjoint regions.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every tile writes a disjoint `rows x cols` region of C, and the pointer outlives the
-// parallel loop that uses it (it borrows `c` mutably for the whole call).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; tiles never read what another tile writes.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the `Sync` wrapper rather than the raw field.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The right-hand side `B` (`k x n`).
 #[derive(Clone, Copy)]
 pub enum Rhs<'a> {
@@ -179,7 +163,7 @@ pub fn sgemm(
     let (r, cols) = (mr(a.isa), nr(a.isa));
     let panels = m.div_ceil(r);
     let threads = rayon::current_num_threads().max(1);
-    let out = OutPtr(c.as_mut_ptr());
+    let out = crate::OutPtr(c.as_mut_ptr());
     let c_len = c.len();
     // One micro-tile: panel p, columns x..x+w, B panel `bsub` (k x cols).
     let tile = |p: usize, x: usize, w: usize, bsub: &[f32]| {
