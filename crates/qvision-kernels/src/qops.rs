@@ -130,7 +130,6 @@ fn quantize_tile_body(t: &NhwcTile<'_>, out: &mut [u8]) {
         4 => quantize_planes::<4>(t, out),
         1 => quantize_planes::<1>(t, out),
         _ => {
-            let inv = 1.0 / t.q.scale;
             let c = t.c;
             let len = out.len() / c;
             // per channel: quantize a contiguous run (vectorised), then scatter it to every
@@ -139,16 +138,26 @@ fn quantize_tile_body(t: &NhwcTile<'_>, out: &mut [u8]) {
             for a in (0..len).step_by(TP) {
                 let b = (a + TP).min(len);
                 for ch in 0..c {
-                    let src = &t.x[ch * t.hw + t.p0 + a..ch * t.hw + t.p0 + b];
                     let q = &mut run[..b - a];
-                    for (o, &v) in q.iter_mut().zip(src) {
-                        *o = to_byte(v * inv, t.q.zero_point);
-                    }
+                    t.quantize_run(ch, a, q);
                     for (k, &v) in q.iter().enumerate() {
                         out[(a + k) * c + ch] = v;
                     }
                 }
             }
+        }
+    }
+}
+
+impl NhwcTile<'_> {
+    /// Channel `ch`'s pixels `a..a + dst.len()` of the tile, quantized into `dst`.
+    #[inline(always)]
+    fn quantize_run(&self, ch: usize, a: usize, dst: &mut [u8]) {
+        let inv = 1.0 / self.q.scale;
+        let at = ch * self.hw + self.p0 + a;
+        let src = &self.x[at..at + dst.len()];
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = to_byte(v * inv, self.q.zero_point);
         }
     }
 }
@@ -161,16 +170,12 @@ const TP: usize = 64;
 /// one byte store per value).
 #[inline(always)]
 fn quantize_planes<const C: usize>(t: &NhwcTile<'_>, out: &mut [u8]) {
-    let inv = 1.0 / t.q.scale;
     let len = out.len() / C;
     let mut run = [[0u8; TP]; C];
     for a in (0..len).step_by(TP) {
         let b = (a + TP).min(len);
         for (ch, r) in run.iter_mut().enumerate() {
-            let at = ch * t.hw + t.p0 + a;
-            for (o, &v) in r.iter_mut().zip(&t.x[at..at + b - a]) {
-                *o = to_byte(v * inv, t.q.zero_point);
-            }
+            t.quantize_run(ch, a, &mut r[..b - a]);
         }
         let o = &mut out[a * C..b * C];
         if b - a == TP {
