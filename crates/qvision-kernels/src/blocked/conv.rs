@@ -242,13 +242,9 @@ impl BlockedConv {
         let hp = (h + 2 * ph).max((oh_r - 1) * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0] + 1);
         let wp = (w + 2 * pw).max((ow_r - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1] + 1);
         let depthwise = matches!(self.kind, Kind::Depthwise { .. });
-        let padded;
-        let xp: &[f32] = if (hp, wp) == (h, w) || depthwise {
-            x
-        } else {
-            padded = pad(x, n * ib, h, w, ph, pw, hp, wp, elem);
-            &padded
-        };
+        let padded =
+            ((hp, wp) != (h, w) && !depthwise).then(|| pad(x, n * ib, h, w, ph, pw, hp, wp, elem));
+        let xp: &[f32] = padded.as_deref().unwrap_or(x);
         let mut out = pool::take(out_len);
         let row = ow_r * B;
         // Work items: (image, output block, row, chunk of CHUNK pixels).
@@ -355,6 +351,10 @@ impl BlockedConv {
                         finish_chunk(isa, dst, None, act.filter(|_| clamp.is_none()));
                     });
             });
+        // the padded copy goes back to the pool (a fresh one is faulted in and zeroed)
+        if let Some(b) = padded {
+            pool::recycle(b);
+        }
         Ok((out, oh, ow))
     }
 }
