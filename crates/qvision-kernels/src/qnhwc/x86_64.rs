@@ -237,10 +237,11 @@ unsafe fn epilogue<const R: usize, const NB: usize>(c: [[__m512i; NB]; R], f: &F
         // bytes in one store
         for (i, ci) in c.iter().enumerate() {
             let mut q = [_mm512_setzero_si512(); 4];
+            // the row's residual pointer, read once (mapping the whole `Fused::residual` per
+            // vector copied its pointer array through the stack)
+            let rrow = f.residual.as_ref().map(|&(ref r, zr, mr)| (r[i], zr, mr));
             for j in 0..4 {
-                let res = f
-                    .residual
-                    .map(|(r, zr, mr)| (r[i].wrapping_add(j * 16), zr, mr));
+                let res = rrow.map(|(r, zr, mr)| (r.wrapping_add(j * 16), zr, mr));
                 // SAFETY: residual row i has `width` = 64 valid bytes at this offset.
                 q[j] = unsafe { requant::<false>(ci[j], mult[j], res, f.act, (lo, hi, zo), !0) };
             }
@@ -250,10 +251,9 @@ unsafe fn epilogue<const R: usize, const NB: usize>(c: [[__m512i; NB]; R], f: &F
         return;
     }
     for (i, ci) in c.iter().enumerate() {
+        let rrow = f.residual.as_ref().map(|&(ref r, zr, mr)| (r[i], zr, mr));
         for j in 0..NB {
-            let res = f
-                .residual
-                .map(|(r, zr, mr)| (r[i].wrapping_add(j * 16), zr, mr));
+            let res = rrow.map(|(r, zr, mr)| (r.wrapping_add(j * 16), zr, mr));
             // SAFETY: output (and residual) row i has `width` valid bytes at this offset, owned
             // by this tile; the mask limits the accesses to them.
             unsafe {
