@@ -55,6 +55,10 @@ pub(super) struct Geom {
     /// Input channels in the last of the `ib` input blocks of a dense conv (16 when full): the
     /// zero-padded rest is skipped (MobileNetV2's 24 channels are 1.5 blocks).
     pub(super) last: usize,
+    /// Padding (rows, columns) the kernel applies itself, reading the `hp x wp` planes as the
+    /// unpadded input (taps outside them are zero); `[0, 0]` when the planes are already
+    /// zero-padded. Only the AVX-512 dense rows take a nonzero one.
+    pub(super) pad: [usize; 2],
 }
 
 /// What the dense kernels apply while storing a run: `acc + residual`, then a clamp
@@ -242,8 +246,18 @@ impl BlockedConv {
         let hp = (h + 2 * ph).max((oh_r - 1) * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0] + 1);
         let wp = (w + 2 * pw).max((ow_r - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1] + 1);
         let depthwise = matches!(self.kind, Kind::Depthwise { .. });
-        let padded =
-            ((hp, wp) != (h, w) && !depthwise).then(|| pad(x, n * ib, h, w, ph, pw, hp, wp, elem));
+        // The AVX-512 dense and grouped rows apply the padding themselves (kernel rows outside
+        // skipped, edge runs reading zeros): a padded copy of the input cost 3-35 % of a 3x3
+        // conv (RegNet's first grouped conv copies 3.2 MB), more in the VM's far state.
+        let in_kernel =
+            isa == Isa::Avx512 && matches!(self.kind, Kind::Dense { .. } | Kind::Grouped { .. });
+        let needs_pad = (hp, wp) != (h, w) && !depthwise;
+        let padded = (needs_pad && !in_kernel).then(|| pad(x, n * ib, h, w, ph, pw, hp, wp, elem));
+        let (hp, wp, kpad) = if needs_pad && in_kernel {
+            (h, w, [ph, pw])
+        } else {
+            (hp, wp, [0, 0])
+        };
         let xp: &[f32] = padded.as_deref().unwrap_or(x);
         let mut out = pool::take(out_len);
         let row = ow_r * B;
@@ -284,6 +298,7 @@ impl BlockedConv {
                             x0: c * CHUNK,
                             cg: 0,
                             last: B,
+                            pad: kpad,
                         };
                         let off = r * row + c * CHUNK * B;
                         let res = residual.map(|rs| &rs[off..off + dst.len()]);
@@ -421,6 +436,7 @@ impl BlockedConv {
                     x0,
                     cg: 0,
                     last,
+                    pad: [0, 0],
                 };
                 let wo = &wt[o0 * k..(o0 + 1) * k];
                 dense_row(
@@ -598,6 +614,7 @@ impl BlockedConv {
                         x0: 0,
                         cg: 0,
                         last: p.in_channels - (ib - 1) * B,
+                        pad: [0, 0],
                     };
                     let k = ib * B * B;
                     for (obi, dst) in dsts.into_iter().enumerate() {
@@ -747,6 +764,7 @@ fn dense_row_body<const FMA: bool>(
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
     let [dh, dw] = p.dilation;
+    assert_eq!(g.pad, [0, 0], "the portable rows read padded planes");
     let mut ox0 = 0;
     while ox0 < g.ow {
         let npx = (g.ow - ox0).min(NPX);
@@ -795,6 +813,7 @@ fn grouped_row_body<const FMA: bool>(
     let [sh, sw] = p.stride;
     let [dh, dw] = p.dilation;
     let cg = g.cg;
+    assert_eq!(g.pad, [0, 0], "the portable rows read padded planes");
     let mut ox0 = 0;
     while ox0 < g.ow {
         let npx = (g.ow - ox0).min(NPX);
@@ -836,6 +855,7 @@ fn nchw_row_body<const FMA: bool>(
     let [sh, sw] = p.stride;
     let [dh, dw] = p.dilation;
     let cin = g.ib;
+    assert_eq!(g.pad, [0, 0], "the portable rows read padded planes");
     let mut ox0 = 0;
     while ox0 < g.ow {
         let npx = (g.ow - ox0).min(NPX);
@@ -918,28 +938,87 @@ mod x86 {
     use crate::conv::Conv2dParams;
     use std::arch::x86_64::*;
 
-    /// Bounds every tap of every pixel of row `oy` (checked once, so the loops can read
-    /// unchecked).
-    fn check(
+    /// Where the taps of output row `oy` (the chunk `g.x0..g.x0 + g.ow`) fall in the `planes`
+    /// planes of `hp x wp` pixels, reading them with the kernel's own padding `g.pad`: kernel
+    /// rows `ky.0..ky.1` lie inside, and so does every tap of the chunk's pixels `lo..hi`
+    /// (relative to the chunk). Asserts that, and the operand sizes, once per row so the
+    /// kernels can read unchecked.
+    struct RowTaps {
+        ky: (usize, usize),
+        lo: usize,
+        hi: usize,
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row_taps(
         p: &Conv2dParams,
         g: &Geom,
-        x_len: usize,
-        planes: usize,
         oy: usize,
-        w_len: usize,
-        w_need: usize,
+        (x_len, planes): (usize, usize),
+        (w_len, w_need): (usize, usize),
         dst: usize,
-    ) {
-        let last_y = oy * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0];
-        let last_x = (g.x0 + g.ow - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1];
+        res: Option<&[f32]>,
+    ) -> RowTaps {
+        let [kh, kw] = p.kernel;
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        let [ph, pw] = g.pad;
+        // kernel rows whose input row lies in the plane: ph <= oy*sh + ky*dh < ph + hp
+        let top = oy * sh;
+        let ky0 = ph.saturating_sub(top).div_ceil(dh).min(kh);
+        let ky1 = if ph + g.hp > top {
+            (ph + g.hp - top).div_ceil(dh).min(kh)
+        } else {
+            0
+        }
+        .max(ky0);
+        // chunk pixels whose every tap lies in the plane: ox*sw >= pw, ox*sw + span - pw < wp
+        let span = (kw - 1) * dw;
+        let lo = pw.div_ceil(sw).saturating_sub(g.x0).min(g.ow);
+        let hi = if g.wp + pw > span {
+            ((g.wp + pw - span - 1) / sw + 1).saturating_sub(g.x0)
+        } else {
+            0
+        }
+        .clamp(lo, g.ow);
         assert!(
-            last_y < g.hp && last_x < g.wp,
-            "taps stay inside the padded plane"
+            ky1 == ky0 || top + (ky1 - 1) * dh - ph < g.hp,
+            "kernel rows stay inside the plane"
         );
         assert!(
-            x_len >= planes * g.hp * g.wp * B && w_len >= w_need && dst >= g.ow * B,
+            hi == lo || ((g.x0 + hi - 1) * sw + span - pw < g.wp && (g.x0 + lo) * sw >= pw),
+            "interior columns stay inside the plane"
+        );
+        assert!(
+            x_len >= planes * g.hp * g.wp * B
+                && w_len >= w_need
+                && dst >= g.ow * B
+                && res.is_none_or(|r| r.len() >= g.ow * B),
             "operand sizes"
         );
+        RowTaps {
+            ky: (ky0, ky1),
+            lo,
+            hi,
+        }
+    }
+
+    /// Run `interior::<N>` / `edge::<N>` over the chunk in balanced runs of at most 12 pixels
+    /// (see [`pixel_runs`]): a run inside `lo..hi` reads its taps unchecked, one with a pixel
+    /// outside takes the edge kernel, which checks each.
+    macro_rules! edge_runs {
+        ($ow:expr, $t:expr, $interior:ident, $edge:ident, $($args:expr),*) => {{
+            let mut ox0 = 0;
+            while ox0 < $ow {
+                let n = super::super::run_len($ow - ox0);
+                if ox0 >= $t.lo && ox0 + n <= $t.hi {
+                    super::super::by_run_len!(n, $interior($($args,)* ox0));
+                } else {
+                    super::super::by_run_len!(n, $edge($($args,)* ox0));
+                }
+                ox0 += n;
+            }
+        }};
     }
 
     /// Run `kernel::<N>` over the row in balanced runs of at most 12 pixels (7 = one run of 7,
@@ -995,39 +1074,52 @@ mod x86 {
         dst: &mut [f32],
         fuse: Fuse<'_>,
     ) {
-        let kk = p.kernel[0] * p.kernel[1];
-        check(
+        let w_need = g.ib * p.kernel[0] * p.kernel[1] * B * B;
+        let t = row_taps(
             p,
             g,
-            x.len(),
-            g.ib,
             oy,
-            w.len(),
-            g.ib * kk * B * B,
+            (x.len(), g.ib),
+            (w.len(), w_need),
             dst.len(),
+            fuse.res,
         );
-        // SAFETY: the caller chose this path because AVX-512F was detected; `check` bounds every
-        // tap of this row in `x`, every weight in `w` and every output in `dst`.
-        if let Some(r) = fuse.res {
-            assert!(r.len() >= g.ow * B, "residual size");
+        // SAFETY: AVX-512F was detected (the caller chose this path); `row_taps` bounds the
+        // kernel rows, the interior runs' taps and every operand; an edge run checks its taps.
+        unsafe {
+            edge_runs!(
+                g.ow,
+                t,
+                dense_px,
+                dense_edge,
+                p,
+                g,
+                x,
+                w,
+                bias,
+                (oy, t.ky),
+                dst,
+                fuse
+            )
         }
-        // SAFETY: as above; the residual holds the row's outputs too.
-        unsafe { pixel_runs!(g.ow, dense_px, p, g, x, w, bias, oy, dst, fuse) }
     }
 
-    /// `NPX` pixels of one output row of one output block.
+    /// `N` pixels of one output row of one output block over kernel rows `ky.0..ky.1`: with
+    /// `EDGE`, taps outside the planes (the kernel's padding) read zeros, each tap checked;
+    /// without, every tap lies inside.
     ///
     /// # Safety
-    /// AVX-512F is available; `check` passed for this row; `ox0 + NPX <= ow`.
+    /// AVX-512F is available; [`row_taps`] passed for this row, and without `EDGE` the run lies
+    /// in its `lo..hi`; `ox0 + N <= ow`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn dense_px<const N: usize>(
+    unsafe fn dense_run<const N: usize, const EDGE: bool>(
         p: &Conv2dParams,
         g: &Geom,
         x: &[f32],
         w: &[f32],
         bias: &[f32; B],
-        oy: usize,
+        (oy, (ky0, ky1)): (usize, (usize, usize)),
         dst: &mut [f32],
         fuse: Fuse<'_>,
         ox0: usize,
@@ -1035,6 +1127,8 @@ mod x86 {
         let [kh, kw] = p.kernel;
         let [sh, sw] = p.stride;
         let [dh, dw] = p.dilation;
+        let [ph, pw] = g.pad;
+        let zeros = [0f32; B];
         // SAFETY: 16 floats.
         let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
         let mut acc = [bv; N];
@@ -1043,16 +1137,29 @@ mod x86 {
         for ib in 0..g.ib {
             // the zero-padded lanes of a partial last block are skipped
             let lanes = if ib + 1 == g.ib { g.last } else { B };
-            for ky in 0..kh {
-                let row = (ib * g.hp + oy * sh + ky * dh) * g.wp * B;
+            for ky in ky0..ky1 {
+                let row = (ib * g.hp + oy * sh + ky * dh - ph) * g.wp * B;
                 for kx in 0..kw {
                     let wk = ((ib * kh + ky) * kw + kx) * B * B;
-                    let base = row + ((g.x0 + ox0) * sw + kx * dw) * B;
+                    if EDGE {
+                        let px = edge_pixels::<N>(g, x, row, (ox0, sw), kx * dw, &zeros);
+                        for ic in 0..lanes {
+                            // SAFETY: weight (ib, ky, kx, ic) lies in `w` (checked size).
+                            let wv = unsafe { _mm512_loadu_ps(wp_.add(wk + ic * B)) };
+                            for (a, q) in acc.iter_mut().zip(&px) {
+                                // SAFETY: each pointer has 16 readable values; ic < 16.
+                                let xv = unsafe { *q.add(ic) };
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, *a);
+                            }
+                        }
+                        continue;
+                    }
+                    let base = row + ((g.x0 + ox0) * sw + kx * dw - pw) * B;
                     for ic in 0..lanes {
                         // SAFETY: weight (ib, ky, kx, ic) lies in `w` (checked size).
                         let wv = unsafe { _mm512_loadu_ps(wp_.add(wk + ic * B)) };
                         for (pi, a) in acc.iter_mut().enumerate() {
-                            // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
+                            // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the plane.
                             let xv = unsafe { *xp.add(base + pi * sw * B + ic) };
                             *a = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, *a);
                         }
@@ -1062,6 +1169,28 @@ mod x86 {
         }
         // SAFETY: (ox0 + pi) < ow and dst (and the residual) hold ow * 16 values.
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
+    }
+
+    /// The input pixel (16 values) of tap column offset `kxd` for each of the run's `N`
+    /// pixels in plane row `row`, or `zeros` where it falls in the padding. Checked slices:
+    /// every pointer has 16 readable values.
+    #[inline(always)]
+    fn edge_pixels<const N: usize>(
+        g: &Geom,
+        x: &[f32],
+        row: usize,
+        (ox0, sw): (usize, usize),
+        kxd: usize,
+        zeros: &[f32; B],
+    ) -> [*const f32; N] {
+        let mut px = [zeros.as_ptr(); N];
+        for (pi, q) in px.iter_mut().enumerate() {
+            let ix = (g.x0 + ox0 + pi) * sw + kxd;
+            if ix >= g.pad[1] && ix - g.pad[1] < g.wp {
+                *q = x[row + (ix - g.pad[1]) * B..][..B].as_ptr();
+            }
+        }
+        px
     }
 
     /// Two output blocks of an unpadded 1x1 conv over one run of output pixels, `[pixel][block]`:
@@ -1203,20 +1332,65 @@ mod x86 {
         dst: &mut [f32],
         fuse: Fuse<'_>,
     ) {
-        let kk = p.kernel[0] * p.kernel[1];
         assert!(matches!(g.cg, 2 | 4 | 8), "group width");
-        check(p, g, x.len(), 1, oy, w.len(), kk * g.cg * B, dst.len());
-        if let Some(r) = fuse.res {
-            assert!(r.len() >= g.ow * B, "residual size");
-        }
-        // SAFETY: the caller chose this path because AVX-512F was detected; `check` bounds every
-        // tap of this row in `x` (one block), every weight in `w` and every output in `dst`
-        // (and the residual).
+        let w_need = p.kernel[0] * p.kernel[1] * g.cg * B;
+        let t = row_taps(
+            p,
+            g,
+            oy,
+            (x.len(), 1),
+            (w.len(), w_need),
+            dst.len(),
+            fuse.res,
+        );
+        // SAFETY: AVX-512F was detected (the caller chose this path); `row_taps` bounds the
+        // kernel rows, the interior runs' taps (one block) and every operand; an edge run
+        // checks its taps.
         unsafe {
+            let a = (oy, t.ky);
             match g.cg {
-                2 => pixel_runs!(g.ow, grouped_px2, p, g, x, w, bias, oy, dst, fuse),
-                4 => pixel_runs!(g.ow, grouped_px4, p, g, x, w, bias, oy, dst, fuse),
-                _ => pixel_runs!(g.ow, grouped_px8, p, g, x, w, bias, oy, dst, fuse),
+                2 => edge_runs!(
+                    g.ow,
+                    t,
+                    grouped_px2,
+                    grouped_edge2,
+                    p,
+                    g,
+                    x,
+                    w,
+                    bias,
+                    a,
+                    dst,
+                    fuse
+                ),
+                4 => edge_runs!(
+                    g.ow,
+                    t,
+                    grouped_px4,
+                    grouped_edge4,
+                    p,
+                    g,
+                    x,
+                    w,
+                    bias,
+                    a,
+                    dst,
+                    fuse
+                ),
+                _ => edge_runs!(
+                    g.ow,
+                    t,
+                    grouped_px8,
+                    grouped_edge8,
+                    p,
+                    g,
+                    x,
+                    w,
+                    bias,
+                    a,
+                    dst,
+                    fuse
+                ),
             }
         }
     }
@@ -1240,26 +1414,29 @@ mod x86 {
     }
 
     /// `N` pixels of one output row of one output block of a grouped conv with `CG`-channel
-    /// groups: per tap and pixel one input vector, shuffled `CG` times against `CG` weight rows.
+    /// groups over kernel rows `ky.0..ky.1`: per tap and pixel one input vector, shuffled `CG`
+    /// times against `CG` weight rows; with `EDGE` as in [`dense_run`].
     ///
     /// # Safety
-    /// AVX-512F is available; `check` passed for this row; `ox0 + N <= ow`.
+    /// As for [`dense_run`], with the one input block.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn grouped_px<const N: usize, const CG: usize>(
+    unsafe fn grouped_run<const N: usize, const CG: usize, const EDGE: bool>(
         p: &Conv2dParams,
         g: &Geom,
         x: &[f32],
         w: &[f32],
         bias: &[f32; B],
-        oy: usize,
+        (oy, (ky0, ky1)): (usize, (usize, usize)),
         dst: &mut [f32],
         fuse: Fuse<'_>,
         ox0: usize,
     ) {
-        let [kh, kw] = p.kernel;
+        let kw = p.kernel[1];
         let [sh, sw] = p.stride;
         let [dh, dw] = p.dilation;
+        let [ph, pw] = g.pad;
+        let zeros = [0f32; B];
         // SAFETY: 16 floats.
         let bv = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
         let mut acc = [bv; N];
@@ -1274,22 +1451,32 @@ mod x86 {
         }
         let xp = x.as_ptr();
         let wp_ = w.as_ptr();
-        for ky in 0..kh {
-            let row = (oy * sh + ky * dh) * g.wp * B;
+        for ky in ky0..ky1 {
+            let row = (oy * sh + ky * dh - ph) * g.wp * B;
             for kx in 0..kw {
-                let base = row + ((g.x0 + ox0) * sw + kx * dw) * B;
                 let wk = (ky * kw + kx) * CG * B;
                 let mut wv = [_mm512_setzero_ps(); CG];
                 for (j, v) in wv.iter_mut().enumerate() {
                     // SAFETY: weight row (ky, kx, j) lies in `w` (checked size).
                     *v = unsafe { _mm512_loadu_ps(wp_.add(wk + j * B)) };
                 }
-                for (pi, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the padded plane.
-                    let xv = unsafe { _mm512_loadu_ps(xp.add(base + pi * sw * B)) };
+                let fmas = |a: &mut __m512, xv: __m512| {
                     for (j, &wj) in wv.iter().enumerate() {
                         *a = _mm512_fmadd_ps(group_lanes::<CG>(xv, j, &idx), wj, *a);
                     }
+                };
+                if EDGE {
+                    let px = edge_pixels::<N>(g, x, row, (ox0, sw), kx * dw, &zeros);
+                    for (a, q) in acc.iter_mut().zip(&px) {
+                        // SAFETY: each pointer has 16 readable values (in the plane, or zeros).
+                        fmas(a, unsafe { _mm512_loadu_ps(*q) });
+                    }
+                    continue;
+                }
+                let base = row + ((g.x0 + ox0) * sw + kx * dw - pw) * B;
+                for (pi, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: pixel ox0 + pi, tap (ky, kx) lies in the plane (`row_taps`).
+                    fmas(a, unsafe { _mm512_loadu_ps(xp.add(base + pi * sw * B)) });
                 }
             }
         }
@@ -1297,12 +1484,12 @@ mod x86 {
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
 
-    macro_rules! grouped_px_cg {
-        ($($name:ident = $cg:literal),*) => {$(
-            /// [`grouped_px`] for one group width.
-            ///
+    /// One-parameter kernels (`N`) for [`by_run_len`](super::super::by_run_len): the dense
+    /// and grouped runs, interior and edge.
+    macro_rules! run_kernels {
+        ($($name:ident = $run:ident::<$($c:literal),*>),* $(,)?) => {$(
             /// # Safety
-            /// As for [`grouped_px`].
+            /// As for the run it forwards to.
             #[allow(clippy::too_many_arguments)]
             #[inline(always)]
             unsafe fn $name<const N: usize>(
@@ -1311,17 +1498,26 @@ mod x86 {
                 x: &[f32],
                 w: &[f32],
                 bias: &[f32; B],
-                oy: usize,
+                row: (usize, (usize, usize)),
                 dst: &mut [f32],
                 fuse: Fuse<'_>,
                 ox0: usize,
             ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { grouped_px::<N, $cg>(p, g, x, w, bias, oy, dst, fuse, ox0) }
+                unsafe { $run::<N, $($c),*>(p, g, x, w, bias, row, dst, fuse, ox0) }
             }
         )*};
     }
-    grouped_px_cg!(grouped_px2 = 2, grouped_px4 = 4, grouped_px8 = 8);
+    run_kernels!(
+        dense_px = dense_run::<false>,
+        dense_edge = dense_run::<true>,
+        grouped_px2 = grouped_run::<2, false>,
+        grouped_edge2 = grouped_run::<2, true>,
+        grouped_px4 = grouped_run::<4, false>,
+        grouped_edge4 = grouped_run::<4, true>,
+        grouped_px8 = grouped_run::<8, false>,
+        grouped_edge8 = grouped_run::<8, true>,
+    );
 
     pub(super) fn nchw_row(
         p: &Conv2dParams,
@@ -1337,7 +1533,7 @@ mod x86 {
         let last_y = oy * p.stride[0] + (p.kernel[0] - 1) * p.dilation[0];
         let last_x = (g.x0 + g.ow - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1];
         assert!(
-            last_y < g.hp && last_x < g.wp,
+            g.pad == [0, 0] && last_y < g.hp && last_x < g.wp,
             "taps stay inside the padded plane"
         );
         assert!(
@@ -1515,6 +1711,37 @@ mod tests {
             if groups > 1 && groups != cin && cin / groups < B {
                 let grouped = matches!(conv.kind, Kind::Grouped { .. });
                 prop_assert!(grouped, "small groups take the grouped kernel");
+            }
+        }
+
+        /// Dense and grouped convs whose padding the AVX-512 rows apply themselves:
+        /// rectangular kernels, strides and dilations, padding up to past the kernel (output
+        /// rows and columns with no tap inside the input), rows wider than one run (edge and
+        /// interior runs); groups of 2, 4 or 8 channels (ResNeXt) and of whole blocks (RegNet).
+        #[test]
+        fn padded_convs_match_reference(cin in 16usize..60, cout in 1usize..40, k in (1usize..6, 1usize..6),
+                                        s in (1usize..3, 1usize..3), d in (1usize..3, 1usize..3),
+                                        pad in (0usize..4, 0usize..4), h in 1usize..9, w in 1usize..40,
+                                        n in 1usize..3, kind in 0usize..3, res in any::<bool>(), act in 0usize..3,
+                                        seed in any::<u64>()) {
+            let (h, w) = (h.max(d.0 * (k.0 - 1) + 1), w.max(d.1 * (k.1 - 1) + 1));
+            let (cin, cout, groups) = match kind {
+                0 => (cin, cout, 1),
+                1 => {
+                    let cg = [2, 4, 8][cin % 3];
+                    let groups = (cout / 2).max(2);
+                    (cg * groups, cg * groups, groups)
+                }
+                _ => {
+                    let groups = 2 + cout % 2;
+                    (B * groups * (1 + cin % 2), B * groups, groups)
+                }
+            };
+            let p = Conv2dParams { in_channels: cin, out_channels: cout, kernel: [k.0, k.1], stride: [s.0, s.1],
+                                   padding: [pad.0, pad.1], dilation: [d.0, d.1], groups };
+            let conv = conv_matches_reference(p, (n, h, w), res, act, seed)?;
+            if kind == 1 {
+                prop_assert!(matches!(conv.kind, Kind::Grouped { .. }), "small groups take the grouped kernel");
             }
         }
 

@@ -130,6 +130,7 @@ impl BlockedConv {
                         x0: 0,
                         cg: 0,
                         last: self.p.in_channels - (mb - 1) * B,
+                        pad: [0, 0],
                     };
                     let kk = mb * B * B;
                     let p0 = oy0 * ow;
