@@ -247,10 +247,14 @@ impl BlockedConv {
         let wp = (w + 2 * pw).max((ow_r - 1) * p.stride[1] + (p.kernel[1] - 1) * p.dilation[1] + 1);
         let depthwise = matches!(self.kind, Kind::Depthwise { .. });
         // The AVX-512 dense and grouped rows apply the padding themselves (kernel rows outside
-        // skipped, edge runs reading zeros): a padded copy of the input cost 3-35 % of a 3x3
-        // conv (RegNet's first grouped conv copies 3.2 MB), more in the VM's far state.
-        let in_kernel =
-            isa == Isa::Avx512 && matches!(self.kind, Kind::Dense { .. } | Kind::Grouped { .. });
+        // skipped, edge runs reading zeros) on rows of three runs or more: a padded copy of the
+        // input cost 3-35 % of a 3x3 conv at 28x28 and up (RegNet's first grouped conv copies
+        // 3.2 MB), more in the VM's far state. Narrower rows are all edge runs, which ran
+        // 3-25 % slower in a model (ResNet's 14x14 and 7x7 convs) than the copy and the
+        // interior kernel.
+        let in_kernel = isa == Isa::Avx512
+            && matches!(self.kind, Kind::Dense { .. } | Kind::Grouped { .. })
+            && ow_r > 2 * NPX;
         let needs_pad = (hp, wp) != (h, w) && !depthwise;
         let padded = (needs_pad && !in_kernel).then(|| pad(x, n * ib, h, w, ph, pw, hp, wp, elem));
         let (hp, wp, kpad) = if needs_pad && in_kernel {
@@ -1714,14 +1718,15 @@ mod tests {
             }
         }
 
-        /// Dense and grouped convs whose padding the AVX-512 rows apply themselves:
-        /// rectangular kernels, strides and dilations, padding up to past the kernel (output
-        /// rows and columns with no tap inside the input), rows wider than one run (edge and
-        /// interior runs); groups of 2, 4 or 8 channels (ResNeXt) and of whole blocks (RegNet).
+        /// Dense and grouped convs whose padding the AVX-512 rows apply themselves (output rows
+        /// of three runs or more; narrower ones take the padded copy): rectangular kernels,
+        /// strides and dilations, padding up to past the kernel (output rows and columns with
+        /// no tap inside the input), edge and interior runs; groups of 2, 4 or 8 channels
+        /// (ResNeXt) and of whole blocks (RegNet).
         #[test]
         fn padded_convs_match_reference(cin in 16usize..60, cout in 1usize..40, k in (1usize..6, 1usize..6),
                                         s in (1usize..3, 1usize..3), d in (1usize..3, 1usize..3),
-                                        pad in (0usize..4, 0usize..4), h in 1usize..9, w in 1usize..40,
+                                        pad in (0usize..4, 0usize..4), h in 1usize..9, w in 1usize..100,
                                         n in 1usize..3, kind in 0usize..3, res in any::<bool>(), act in 0usize..3,
                                         seed in any::<u64>()) {
             let (h, w) = (h.max(d.0 * (k.0 - 1) + 1), w.max(d.1 * (k.1 - 1) + 1));
