@@ -25,8 +25,14 @@ pub struct QConvOutput {
 
 #[derive(Debug)]
 enum Mode {
-    /// One packed GEMM per super-group of `per` groups.
-    Gemm { per: usize, packed: Vec<PackedQB> },
+    /// One packed GEMM per super-group of `per` groups; for groups of 4 or 8 channels in and
+    /// out (on AVX-512 VNNI, not AMX) a direct kernel's weights as well.
+    Gemm {
+        per: usize,
+        packed: Vec<PackedQB>,
+        #[cfg(target_arch = "x86_64")]
+        grouped: Option<super::x86_64::GroupedW>,
+    },
     /// A dense conv over few input channels (a stem reading the image): each tile's taps are
     /// gathered into rows of `kp` bytes (`taps x cin`, padded to whole quads with the zero
     /// point) and multiplied as a 1x1 conv, instead of one short row per tap.
@@ -185,11 +191,23 @@ impl PreparedQConv {
         } else {
             vec![]
         };
+        // groups of 4 or 8 channels in and out, whole vectors of 16 channels: the direct kernel
+        #[cfg(target_arch = "x86_64")]
+        let grouped = (p.groups > 1
+            && cin_g == cout_g
+            && matches!(cin_g, 4 | 8)
+            && p.out_channels.is_multiple_of(16))
+        .then(|| super::x86_64::GroupedW::new(weight, p.out_channels, cin_g, taps));
         Ok(PreparedQConv {
             params,
             shift: gemm_shift(&packed, za, bias),
             tap_zsum,
-            mode: Mode::Gemm { per, packed },
+            mode: Mode::Gemm {
+                per,
+                packed,
+                #[cfg(target_arch = "x86_64")]
+                grouped,
+            },
             out,
             plans: PlanCache::default(),
         })
@@ -304,7 +322,13 @@ impl PreparedQConv {
                 self.depthwise_avx512(x, &g, wt, shift_zp, paired.as_ref(), residual, &mut y)
             }
             Mode::Depthwise { w: wt, .. } => self.depthwise(isa, x, &g, wt, residual, &mut y),
-            Mode::Gemm { per, packed } => match amx {
+            #[cfg(target_arch = "x86_64")]
+            Mode::Gemm {
+                grouped: Some(gw), ..
+            } if amx.is_none() && isa >= Int8Isa::Avx512Vnni => {
+                self.grouped_avx512(x, &g, gw, residual, &mut y)
+            }
+            Mode::Gemm { per, packed, .. } => match amx {
                 Some(unit) => {
                     self.gemm_amx(unit, p, &Src::Direct(x), &g, *per, packed, residual, &mut y)
                 }
@@ -361,7 +385,7 @@ impl PreparedQConv {
         rows: usize,
     ) -> Result<Vec<f32>, KernelError> {
         let p = &self.params;
-        let Mode::Gemm { per: 1, packed } = &self.mode else {
+        let Mode::Gemm { per: 1, packed, .. } = &self.mode else {
             return Err(shape_err("qlinear", "f32 output needs a dense 1x1 layer"));
         };
         if p.kernel != [1, 1] || p.groups != 1 || x.len() != rows * p.in_channels {
@@ -718,6 +742,86 @@ impl PreparedQConv {
                 // (an input pixel or the zero-point buffer), the weights hold taps x c values,
                 // and the output / residual slices hold `c` bytes.
                 unsafe { dw_pixel(&px) };
+            }
+        });
+    }
+
+    /// A grouped conv of 4- or 8-channel groups on AVX-512 VNNI ([`GroupedW`]): pixels in
+    /// fours along each output row, every tap through a pointer (the zero-point buffer for
+    /// padding).
+    ///
+    /// [`GroupedW`]: super::x86_64::GroupedW
+    #[cfg(target_arch = "x86_64")]
+    fn grouped_avx512(
+        &self,
+        x: &[u8],
+        g: &Geom,
+        gw: &super::x86_64::GroupedW,
+        residual: Option<(&[u8], i32, f32)>,
+        y: &mut [u8],
+    ) {
+        use super::x86_64::{grouped_pixels, GroupedPixels};
+        const P: usize = 4;
+        let p = &self.params;
+        let c = g.cout;
+        let zbuf = vec![self.out.za; c];
+        let e0 = self.epilogue(0, None);
+        let (lo, hi) = e0.bounds();
+        let row = g.ow * c;
+        let nt = gw.taps;
+        y.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+            let (bi, oy) = (r / g.oh, r % g.oh);
+            let mut taps = vec![zbuf.as_ptr(); P * nt];
+            let mut ox0 = 0;
+            while ox0 < g.ow {
+                let n = (g.ow - ox0).min(P);
+                for (i, pt) in taps.chunks_exact_mut(nt).enumerate() {
+                    // a short last run repeats its last pixel (same values, same bytes)
+                    let ox = ox0 + i.min(n - 1);
+                    for ky in 0..p.kernel[0] {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        for kx in 0..p.kernel[1] {
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
+                            pt[ky * p.kernel[1] + kx] =
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                                {
+                                    let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * c;
+                                    x[at..at + c].as_ptr()
+                                } else {
+                                    zbuf.as_ptr()
+                                };
+                        }
+                    }
+                }
+                let at = |i: usize| (ox0 + i.min(n - 1)) * c;
+                let a = GroupedPixels::<P> {
+                    taps: &taps,
+                    c,
+                    gw,
+                    shift: &self.shift,
+                    mult: &self.out.multiplier,
+                    lo,
+                    hi,
+                    zo: e0.zo,
+                    residual: residual.map(|(d, z, m)| {
+                        (
+                            std::array::from_fn(|i| d[r * row + at(i)..][..c].as_ptr()),
+                            z,
+                            m,
+                        )
+                    }),
+                    act: e0.smooth(),
+                    out: std::array::from_fn(|i| out[at(i)..][..c].as_mut_ptr()),
+                };
+                // SAFETY: `isa` is AVX-512 VNNI (with F/BW/VL, AVX2, FMA); `c % 16 == 0`; every
+                // tap points at `c` bytes (an input pixel or the zero-point buffer), the shift
+                // and multipliers hold `c` values, the output (and residual) pointers `c` bytes
+                // of this row; a short run's extra pixels rewrite its last pixel's bytes with the
+                // same values.
+                unsafe { grouped_pixels(&a) };
+                ox0 += n;
             }
         });
     }

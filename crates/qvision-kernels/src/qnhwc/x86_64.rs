@@ -583,3 +583,110 @@ pub(crate) unsafe fn dw_run_paired<const K: usize>(p: &DwRun<'_>, pd: &PairedDw)
         }
     }
 }
+
+/// Weights of a grouped conv whose groups have `cg` = 4 or 8 input and output channels
+/// (ResNeXt's first two stages) for [`grouped_pixels`]: per 16 output channels (`v`), tap and
+/// quad `q` of the group's input channels, one vector whose lane `l` holds the four weights of
+/// output channel `16v + l` against input channels `4q..4q + 4` of its group. One `vpdpbusd`
+/// then does a whole tap of four groups (`cg` = 4) instead of the super-group GEMM's four
+/// block-diagonal ones.
+#[derive(Debug)]
+pub(crate) struct GroupedW {
+    pub cg: usize,
+    pub taps: usize,
+    /// `[v][tap][q][64]`.
+    pub w: Vec<i8>,
+}
+
+impl GroupedW {
+    /// From PyTorch-layout weights `[co][ci (cg)][tap]` of `c` channels (`c % 16 == 0`).
+    pub fn new(weight: &[i8], c: usize, cg: usize, taps: usize) -> Self {
+        debug_assert!(matches!(cg, 4 | 8) && c.is_multiple_of(16));
+        let quads = cg / 4;
+        let mut w = vec![0i8; c / 16 * taps * quads * 64];
+        for co in 0..c {
+            let (v, l) = (co / 16, co % 16);
+            for t in 0..taps {
+                for q in 0..quads {
+                    for j in 0..4 {
+                        let ci = 4 * q + j;
+                        w[((v * taps + t) * quads + q) * 64 + 4 * l + j] =
+                            weight[(co * cg + ci) * taps + t];
+                    }
+                }
+            }
+        }
+        GroupedW { cg, taps, w }
+    }
+}
+
+/// `P` output pixels of a grouped conv with [`GroupedW`] weights, all `c` channels: pixel `p`'s
+/// tap `t` reads `c` bytes at `taps[p * ntaps + t]` (the input pixel, channel 0, or a buffer of
+/// the input zero point for padding, whose correction is in `shift`).
+pub(crate) struct GroupedPixels<'a, const P: usize> {
+    pub taps: &'a [*const u8],
+    pub c: usize,
+    pub gw: &'a GroupedW,
+    /// `bias - za * sum of the channel's weights`.
+    pub shift: &'a [i32],
+    pub mult: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+    pub zo: i32,
+    /// The pixels' residual bytes (channel 0) with its zero point and scale ratio.
+    pub residual: Option<([*const u8; P], i32, f32)>,
+    pub act: Option<(crate::Activation, f32)>,
+    pub out: [*mut u8; P],
+}
+
+/// The four-byte quads of 16 input channels that the lanes of a [`GroupedW`] vector need for
+/// quad `q`: lane `l` takes quad `(l / cg) * cg / 4 + q`.
+#[inline(always)]
+fn group_quads(cg: usize, q: usize) -> __m512i {
+    let mut idx = [0i32; 16];
+    for (l, v) in idx.iter_mut().enumerate() {
+        *v = ((l / cg) * (cg / 4) + q) as i32;
+    }
+    // SAFETY: 16 i32.
+    unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+}
+
+/// # Safety
+/// AVX-512F/BW/VL/VNNI, AVX2 and FMA are available; `c % 16 == 0`; every tap pointer has `c`
+/// readable bytes and `taps.len() == P * gw.taps`; `shift` / `mult` hold `c` values; each
+/// output (and residual) pointer has `c` bytes; `gw.cg` is 4 or 8.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn grouped_pixels<const P: usize>(a: &GroupedPixels<'_, P>) {
+    let (lo, hi) = (_mm512_set1_ps(a.lo), _mm512_set1_ps(a.hi));
+    let zo = _mm512_set1_epi32(a.zo);
+    let (nt, quads) = (a.gw.taps, a.gw.cg / 4);
+    let idx = [group_quads(a.gw.cg, 0), group_quads(a.gw.cg, 1)];
+    let wp = a.gw.w.as_ptr();
+    for v in 0..a.c / 16 {
+        // SAFETY (all accesses below): vector v's 16 channels lie inside the `c` bytes / values
+        // the caller guarantees for every pointer and slice; the weights hold
+        // `c / 16 * taps * quads` vectors.
+        unsafe {
+            let shift = _mm512_loadu_si512(a.shift.as_ptr().add(16 * v).cast());
+            let mut acc = [shift; P];
+            for t in 0..nt {
+                let mut xin = [_mm512_setzero_si512(); P];
+                for (p, x) in xin.iter_mut().enumerate() {
+                    let bytes = _mm_loadu_si128(a.taps[p * nt + t].add(16 * v).cast());
+                    *x = _mm512_zextsi128_si512(bytes);
+                }
+                for (q, iq) in idx.iter().enumerate().take(quads) {
+                    let wv = _mm512_loadu_si512(wp.add(((v * nt + t) * quads + q) * 64).cast());
+                    for (ap, x) in acc.iter_mut().zip(&xin) {
+                        *ap = _mm512_dpbusd_epi32(*ap, _mm512_permutexvar_epi32(*iq, *x), wv);
+                    }
+                }
+            }
+            let mv = _mm512_loadu_ps(a.mult.as_ptr().add(16 * v));
+            for (p, &ap) in acc.iter().enumerate() {
+                let res = a.residual.map(|(r, zr, mr)| (r[p].add(16 * v), zr, mr));
+                requant_store(ap, mv, res, a.act, (lo, hi, zo), !0, a.out[p].add(16 * v));
+            }
+        }
+    }
+}
