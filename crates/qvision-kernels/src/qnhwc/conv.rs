@@ -126,7 +126,7 @@ impl PreparedQConv {
             #[cfg(target_arch = "x86_64")]
             // (measured: faster from 64 channels on; at 32 the 16-lane kernel wins)
             let paired = (params.kernel[0] == params.kernel[1]
-                && matches!(params.kernel[0], 3 | 5)
+                && matches!(params.kernel[0], 3 | 5 | 7)
                 && c >= 64)
                 .then(|| super::x86_64::PairedDw::new(&w, taps, c, &shift_zp, &out.multiplier));
             return Ok(PreparedQConv {
@@ -642,10 +642,11 @@ impl PreparedQConv {
         let e0 = self.epilogue(0, None);
         let (lo, hi) = e0.bounds();
         let row = g.ow * c;
-        // square 3x3 / 5x5 kernels: interior pixels run with the weights in registers
+        // square 3x3 / 5x5 / 7x7 kernels: interior pixels run with the weights in registers (or
+        // close by: a 7x7's 49 vectors spill)
         let k = p.kernel[0];
         let run_k = (p.kernel[0] == p.kernel[1]
-            && (k == 3 || k == 5)
+            && matches!(k, 3 | 5 | 7)
             && p.stride[0] == p.stride[1]
             && p.dilation[0] == p.dilation[1]
             && p.padding[0] == p.padding[1])
@@ -664,7 +665,7 @@ impl PreparedQConv {
             let res_row = residual.map(|(d, z, m)| (&d[r * row..(r + 1) * row], z, m));
             let interior = match run_k {
                 Some(k) if ox_hi > ox_lo => {
-                    let mut rows = [zrow.as_ptr(); 5];
+                    let mut rows = [zrow.as_ptr(); 7];
                     for (ky, rp) in rows.iter_mut().enumerate().take(k) {
                         let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
                             - p.padding[0] as isize;
@@ -699,8 +700,10 @@ impl PreparedQConv {
                         match (k, paired) {
                             (3, Some(pd)) => dw_run_paired::<3>(&run, pd),
                             (5, Some(pd)) => dw_run_paired::<5>(&run, pd),
+                            (7, Some(pd)) => dw_run_paired::<7>(&run, pd),
                             (3, None) => dw_run::<3>(&run),
-                            _ => dw_run::<5>(&run),
+                            (5, None) => dw_run::<5>(&run),
+                            _ => dw_run::<7>(&run),
                         }
                     };
                     ox_lo..ox_hi

@@ -326,7 +326,7 @@ pub(crate) unsafe fn dw_pixel(p: &DwPixel<'_>) {
 /// A run of interior output pixels of one depthwise output row (every tap inside the input
 /// columns): `rows[ky]` is the start of input row `ky` (or of a zero-point row for padding).
 pub(crate) struct DwRun<'a> {
-    pub rows: [*const u8; 5],
+    pub rows: [*const u8; 7],
     pub c: usize,
     pub stride: usize,
     pub dilation: usize,
@@ -349,7 +349,7 @@ pub(crate) struct DwRun<'a> {
 }
 
 /// # Safety
-/// AVX-512F/BW/VL, AVX2 and FMA are available; `K <= 5`; every row pointer has a full input
+/// AVX-512F/BW/VL, AVX2 and FMA are available; `K <= 7`; every row pointer has a full input
 /// row (`(ox1 - 1) * stride + (K - 1) * dilation - pad < width` pixels of `c` bytes) for
 /// `ox0 * stride >= pad`; `w` holds `K * K * c` values, `shift`/`mult` `c`, and the output and
 /// residual rows `ox1 * c` bytes.
