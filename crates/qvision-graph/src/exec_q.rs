@@ -364,10 +364,10 @@ pub(crate) fn run(op: &QOp, prep: &QPrepared, ins: &[&Tensor]) -> Result<Vec<Ten
                 .as_f32()
                 .map_err(|e| e.to_string())?;
             let len = *x.shape().last().ok_or("0-d input")?;
-            let mut f = qops::dequantize(u8s(x)?, q(*input));
-            qvision_kernels::norm::layer_norm(&mut f, len, wt, bias, *eps).map_err(ke)?;
-            let y = qops::quantize(&f, q(*output));
-            qvision_tensor::pool::recycle(f);
+            if wt.len() != len {
+                return Err(format!("weight has {} values, want {len}", wt.len()));
+            }
+            let y = qops::layer_norm(u8s(x)?, q(*input), wt, bias, *eps, q(*output)).map_err(ke)?;
             out(x.shape().to_vec(), y)
         }
         (op, _) => Err(format!("{} was not prepared", op.kind())),

@@ -77,6 +77,74 @@ pub fn dequantize(x: &[u8], q: Q) -> Vec<f32> {
     out
 }
 
+/// One row of a [`layer_norm`]: the mean and variance from exact integer sums of the bytes (in
+/// f64), then per element `((q - mean_q) * s_in / sigma) * gamma + beta`, quantized.
+#[inline(always)]
+fn layer_norm_row_body(x: &[u8], a: &LnArgs<'_>, out: &mut [u8]) {
+    let len = x.len();
+    let s1: u64 = x.iter().map(|&v| v as u64).sum();
+    let s2: u64 = x.iter().map(|&v| (v as u32 * v as u32) as u64).sum();
+    let n = len as f64;
+    let mean_q = s1 as f64 / n;
+    let var_q = (s2 as f64 / n - mean_q * mean_q).max(0.0);
+    let si = a.input.scale as f64;
+    let k = (si / (si * si * var_q + a.eps as f64).sqrt()) as f32;
+    let mq = mean_q as f32;
+    let inv = 1.0 / a.output.scale;
+    for (((o, &v), &g), &b) in out.iter_mut().zip(x).zip(a.gamma).zip(a.beta) {
+        let y = (v as f32 - mq) * k * g + b;
+        *o = to_byte(y * inv, a.output.zero_point);
+    }
+}
+
+/// The affine and quantization of a [`layer_norm`].
+struct LnArgs<'a> {
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+    input: Q,
+    output: Q,
+}
+
+crate::isa::multiversion!(fn layer_norm_row(x: &[u8], a: &LnArgs<'_>, out: &mut [u8]) => layer_norm_row_body);
+
+/// LayerNorm over the last axis (rows of `gamma.len()` bytes) from u8 to u8, PyTorch's biased
+/// variance: ConvNeXt's channels-last norm without a float copy of the tensor.
+pub fn layer_norm(
+    x: &[u8],
+    input: Q,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    output: Q,
+) -> Result<Vec<u8>, KernelError> {
+    let len = gamma.len();
+    if len == 0 || beta.len() != len || !x.len().is_multiple_of(len) {
+        return Err(shape_err(
+            "layer_norm (int8)",
+            format!("normalised size {len} does not match the input or affine"),
+        ));
+    }
+    let isa = isa::current();
+    let a = LnArgs {
+        gamma,
+        beta,
+        eps,
+        input,
+        output,
+    };
+    let mut out = qvision_tensor::pool::take_u8(x.len());
+    let rows = (CHUNK / len).max(1);
+    out.par_chunks_mut(rows * len)
+        .zip(x.par_chunks(rows * len))
+        .for_each(|(o, s)| {
+            for (or, sr) in o.chunks_exact_mut(len).zip(s.chunks_exact(len)) {
+                layer_norm_row(isa, sr, &a, or);
+            }
+        });
+    Ok(out)
+}
+
 /// NCHW f32 to NHWC u8.
 pub fn quantize_to_nhwc(
     x: &[f32],
@@ -804,6 +872,25 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The u8 LayerNorm against dequantize, the f64 float LayerNorm and quantize: within one
+        /// step everywhere (its statistics come from exact integer sums, the float path's from
+        /// rounded f32 values), and equal on nearly every byte.
+        #[test]
+        fn layer_norm_matches_the_float_path(len in 1usize..400, rows in 1usize..40, zi in 0i32..256, zo in 0i32..256,
+                                             si in 1e-3f32..0.2, so in 1e-2f32..0.2, seed in any::<u64>()) {
+            let x = bytes(rows * len, seed);
+            let g: Vec<f32> = crate::reference::pseudo_random(len, seed ^ 1).iter().map(|v| 1.0 + v).collect();
+            let b = crate::reference::pseudo_random(len, seed ^ 2);
+            let (qi, qo) = (Q::new(si, zi), Q::new(so, zo));
+            let got = layer_norm(&x, qi, &g, &b, 1e-6, qo).unwrap();
+            let mut f = deq(&x, qi);
+            crate::norm::layer_norm(&mut f, len, &g, &b, 1e-6).unwrap();
+            let want = quantize(&f, qo);
+            let off: Vec<_> = got.iter().zip(&want).filter(|(a, b)| a != b).collect();
+            prop_assert!(off.iter().all(|(a, b)| (**a as i32 - **b as i32).abs() <= 1), "{:?}", off);
+            prop_assert!(off.len() * 100 <= got.len().max(100), "{} of {} bytes differ", off.len(), got.len());
+        }
+
         #[test]
         fn layout_changes_round_trip(n in 1usize..3, c in prop_oneof![Just(3usize), Just(1), Just(4), 1usize..40], hw in 1usize..300, z in 0i32..256, seed in any::<u64>()) {
             let q = Q::new(0.02, z);

@@ -537,15 +537,18 @@ pub(crate) unsafe fn dw_run_paired<const K: usize>(p: &DwRun<'_>, pd: &PairedDw)
             let sh = _mm512_loadu_si512(pd.shift.as_ptr().add(ch * 32 + 16).cast());
             let ml = _mm512_loadu_ps(pd.mult.as_ptr().add(ch * 32));
             let mh = _mm512_loadu_ps(pd.mult.as_ptr().add(ch * 32 + 16));
+            // the tap loop's bounds are compile-time (K), so it unrolls and each tap's row and
+            // column offset is a constant multiple of the dilation step
+            debug_assert_eq!(pd.pairs, (K * K).div_ceil(2));
+            let dc = p.dilation * c;
             for ox in p.ox0..p.ox1 {
-                let base = ox * p.stride - p.pad;
+                let at0 = (ox * p.stride - p.pad) * c + c0;
                 let tap = |t: usize| {
-                    let (ky, kx) = (t / K, t % K);
-                    let at = (base + kx * p.dilation) * c + c0;
-                    _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, p.rows[ky].add(at).cast()))
+                    let at = at0 + (t % K) * dc;
+                    _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, p.rows[t / K].add(at).cast()))
                 };
                 let (mut al, mut ah) = (sl, sh);
-                for pi in 0..pd.pairs {
+                for pi in 0..(K * K).div_ceil(2) {
                     let xa = tap(2 * pi);
                     let xb = if 2 * pi + 1 < taps {
                         tap(2 * pi + 1)
