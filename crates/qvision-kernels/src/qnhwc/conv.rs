@@ -623,6 +623,34 @@ impl PreparedQConv {
         &buf[..width]
     }
 
+    /// Point `taps` (`kh * kw`) at the input pixel (channel 0, `c` bytes) of each tap of output
+    /// pixel `(image, oy, ox)`, or at `zbuf` (the input zero point) where it falls in the
+    /// padding.
+    fn pixel_taps<'a>(
+        &self,
+        x: &'a [u8],
+        g: &Geom,
+        (bi, oy, ox): (usize, usize, usize),
+        zbuf: &'a [u8],
+        taps: &mut [*const u8],
+    ) {
+        let p = &self.params;
+        let c = g.cin;
+        for ky in 0..p.kernel[0] {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            for kx in 0..p.kernel[1] {
+                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+                taps[ky * p.kernel[1] + kx] =
+                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                        let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * c;
+                        x[at..at + c].as_ptr()
+                    } else {
+                        zbuf.as_ptr()
+                    };
+            }
+        }
+    }
+
     /// Depthwise on AVX-512: one call per output pixel over all channels.
     #[cfg(target_arch = "x86_64")]
     fn depthwise_avx512(
@@ -711,21 +739,7 @@ impl PreparedQConv {
                 _ => 0..0,
             };
             for ox in (0..g.ow).filter(|ox| !interior.contains(ox)) {
-                for ky in 0..p.kernel[0] {
-                    let iy =
-                        (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
-                    for kx in 0..p.kernel[1] {
-                        let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                            - p.padding[1] as isize;
-                        taps[ky * p.kernel[1] + kx] =
-                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                                let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * c;
-                                x[at..at + c].as_ptr()
-                            } else {
-                                zbuf.as_ptr()
-                            };
-                    }
-                }
+                self.pixel_taps(x, g, (bi, oy, ox), &zbuf, &mut taps);
                 let at = ox * c;
                 let res = res_row.map(|(d, z, m)| (&d[at..at + c], z, m));
                 let px = DwPixel {
@@ -765,7 +779,6 @@ impl PreparedQConv {
     ) {
         use super::x86_64::{grouped_pixels, GroupedPixels};
         const P: usize = 4;
-        let p = &self.params;
         let c = g.cout;
         let zbuf = vec![self.out.za; c];
         let e0 = self.epilogue(0, None);
@@ -780,23 +793,7 @@ impl PreparedQConv {
                 let n = (g.ow - ox0).min(P);
                 for (i, pt) in taps.chunks_exact_mut(nt).enumerate() {
                     // a short last run repeats its last pixel (same values, same bytes)
-                    let ox = ox0 + i.min(n - 1);
-                    for ky in 0..p.kernel[0] {
-                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                            - p.padding[0] as isize;
-                        for kx in 0..p.kernel[1] {
-                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                                - p.padding[1] as isize;
-                            pt[ky * p.kernel[1] + kx] =
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
-                                {
-                                    let at = ((bi * g.h + iy as usize) * g.w + ix as usize) * c;
-                                    x[at..at + c].as_ptr()
-                                } else {
-                                    zbuf.as_ptr()
-                                };
-                        }
-                    }
+                    self.pixel_taps(x, g, (bi, oy, ox0 + i.min(n - 1)), &zbuf, pt);
                 }
                 let at = |i: usize| (ox0 + i.min(n - 1)) * c;
                 let a = GroupedPixels::<P> {
