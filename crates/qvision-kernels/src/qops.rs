@@ -341,15 +341,69 @@ pub fn requant_table(input: Q, output: Q, act: Option<Activation>) -> [u8; 256] 
 
 /// Apply a byte table.
 pub fn lut(x: &[u8], table: &[u8; 256]) -> Vec<u8> {
+    let isa = isa::current_int8();
     let mut out = qvision_tensor::pool::take_u8(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, s)| {
-            for (d, &v) in o.iter_mut().zip(s) {
-                *d = table[v as usize];
-            }
-        });
+        .for_each(|(o, s)| lut_into(isa, s, table, o));
     out
+}
+
+/// `dst[i] = table[src[i]]`: on AVX-512 VBMI (from the VNNI level) 64 bytes per three
+/// byte permutes and a blend, else one lookup per byte.
+pub(crate) fn lut_into(isa: isa::Int8Isa, src: &[u8], table: &[u8; 256], dst: &mut [u8]) {
+    assert_eq!(src.len(), dst.len(), "table lookup lengths");
+    #[cfg(target_arch = "x86_64")]
+    if isa >= isa::Int8Isa::Avx512Vnni && has_vbmi() {
+        // SAFETY: AVX-512 F/BW and VBMI were detected; the lengths are equal (asserted).
+        unsafe { lut_vbmi(src, table, dst) };
+        return;
+    }
+    let _ = isa;
+    lut_scalar(src, table, dst);
+}
+
+/// The scalar reference of [`lut_into`].
+fn lut_scalar(src: &[u8], table: &[u8; 256], dst: &mut [u8]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = table[v as usize];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_vbmi() -> bool {
+    static VBMI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VBMI.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vbmi")
+    })
+}
+
+/// # Safety
+/// AVX-512 F/BW and VBMI are available; `dst.len() == src.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn lut_vbmi(src: &[u8], table: &[u8; 256], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    // SAFETY: the table's four 64-byte quarters.
+    let t = unsafe { [0, 64, 128, 192].map(|o| _mm512_loadu_si512(table.as_ptr().add(o).cast())) };
+    let mut i = 0;
+    while i < src.len() {
+        let m: __mmask64 = if src.len() - i >= 64 {
+            !0
+        } else {
+            (1u64 << (src.len() - i)) - 1
+        };
+        // SAFETY: the mask keeps the load and store inside both slices (equal lengths).
+        unsafe {
+            let x = _mm512_maskz_loadu_epi8(m, src.as_ptr().add(i).cast());
+            // entries 0..127 and 128..255 by the low seven bits, chosen by the top one
+            let lo = _mm512_permutex2var_epi8(t[0], x, t[1]);
+            let hi = _mm512_permutex2var_epi8(t[2], x, t[3]);
+            let y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi);
+            _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(i).cast(), m, y);
+        }
+        i += 64;
+    }
 }
 
 /// Which element-wise op.
@@ -780,6 +834,7 @@ pub fn gather_channels(pixels: usize, parts: &[ChannelPiece<'_>]) -> Result<Vec<
     if out.is_empty() {
         return Ok(out);
     }
+    let isa = isa::current_int8();
     let rows = (CHUNK / c).max(1);
     out.par_chunks_mut(rows * c).enumerate().for_each(|(r, o)| {
         for (k, px) in o.chunks_mut(c).enumerate() {
@@ -789,10 +844,7 @@ pub fn gather_channels(pixels: usize, parts: &[ChannelPiece<'_>]) -> Result<Vec<
                 let src = &x[p * cx + first..p * cx + first + count];
                 let dst = &mut px[at..at + count];
                 match table {
-                    Some(t) => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(d, &s)| *d = t[s as usize]),
+                    Some(t) => lut_into(isa, src, t, dst),
                     None => dst.copy_from_slice(src),
                 }
                 at += count;
@@ -889,6 +941,22 @@ mod tests {
             let off: Vec<_> = got.iter().zip(&want).filter(|(a, b)| a != b).collect();
             prop_assert!(off.iter().all(|(a, b)| (**a as i32 - **b as i32).abs() <= 1), "{:?}", off);
             prop_assert!(off.len() * 100 <= got.len().max(100), "{} of {} bytes differ", off.len(), got.len());
+        }
+
+        /// The VBMI byte table (where the CPU has it) against the scalar loop: every length
+        /// (whole vectors and masked tails), random tables.
+        #[test]
+        fn byte_tables_match_the_scalar_loop(len in 0usize..300, seed in any::<u64>()) {
+            let x = bytes(len, seed);
+            let t: [u8; 256] = bytes(256, seed ^ 7).try_into().unwrap();
+            let mut want = vec![0u8; len];
+            lut_scalar(&x, &t, &mut want);
+            for isa in isa::available_int8() {
+                let mut got = vec![0u8; len];
+                lut_into(isa, &x, &t, &mut got);
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
+            prop_assert_eq!(lut(&x, &t), want);
         }
 
         #[test]
