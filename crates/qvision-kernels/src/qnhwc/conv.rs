@@ -626,6 +626,7 @@ impl PreparedQConv {
     /// Point `taps` (`kh * kw`) at the input pixel (channel 0, `c` bytes) of each tap of output
     /// pixel `(image, oy, ox)`, or at `zbuf` (the input zero point) where it falls in the
     /// padding.
+    #[cfg(target_arch = "x86_64")]
     fn pixel_taps<'a>(
         &self,
         x: &'a [u8],
