@@ -1007,18 +1007,18 @@ mod x86 {
         }
     }
 
-    /// Run `interior::<N>` / `edge::<N>` over the chunk in balanced runs of at most 12 pixels
-    /// (see [`pixel_runs`]): a run inside `lo..hi` reads its taps unchecked, one with a pixel
-    /// outside takes the edge kernel, which checks each.
+    /// Run `run::<N, C.., false>` over the chunk's runs inside `lo..hi` (their taps read
+    /// unchecked) and `run::<N, C.., true>` over the others (edge runs, each tap checked), in
+    /// balanced runs of at most 12 pixels (see [`pixel_runs`]).
     macro_rules! edge_runs {
-        ($ow:expr, $t:expr, $interior:ident, $edge:ident, $($args:expr),*) => {{
+        ($ow:expr, $t:expr, $run:ident $(::<$($c:tt),*>)?, $($args:expr),*) => {{
             let mut ox0 = 0;
             while ox0 < $ow {
                 let n = super::super::run_len($ow - ox0);
                 if ox0 >= $t.lo && ox0 + n <= $t.hi {
-                    super::super::by_run_len!(n, $interior($($args,)* ox0));
+                    super::super::by_run_len!(n, $run::<_ $($(, $c)*)?, false>($($args,)* ox0));
                 } else {
-                    super::super::by_run_len!(n, $edge($($args,)* ox0));
+                    super::super::by_run_len!(n, $run::<_ $($(, $c)*)?, true>($($args,)* ox0));
                 }
                 ox0 += n;
             }
@@ -1090,22 +1090,7 @@ mod x86 {
         );
         // SAFETY: AVX-512F was detected (the caller chose this path); `row_taps` bounds the
         // kernel rows, the interior runs' taps and every operand; an edge run checks its taps.
-        unsafe {
-            edge_runs!(
-                g.ow,
-                t,
-                dense_px,
-                dense_edge,
-                p,
-                g,
-                x,
-                w,
-                bias,
-                (oy, t.ky),
-                dst,
-                fuse
-            )
-        }
+        unsafe { edge_runs!(g.ow, t, dense_run, p, g, x, w, bias, (oy, t.ky), dst, fuse) }
     }
 
     /// `N` pixels of one output row of one output block over kernel rows `ky.0..ky.1`: with
@@ -1241,43 +1226,13 @@ mod x86 {
             unsafe {
                 let out = (d0.as_mut_ptr(), d1.as_mut_ptr());
                 if pair.step == 1 {
-                    super::super::by_run_len!(n, pair_px1(pair, ox0, out, fuse))
+                    super::super::by_run_len!(n, pair_px::<_, 1>(pair, ox0, out, fuse))
                 } else {
-                    super::super::by_run_len!(n, pair_px2(pair, ox0, out, fuse))
+                    super::super::by_run_len!(n, pair_px::<_, 2>(pair, ox0, out, fuse))
                 }
             };
             ox0 += n;
         }
-    }
-
-    /// [`pair_px`] over consecutive input pixels.
-    ///
-    /// # Safety
-    /// As [`pair_px`].
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pair_px1<const N: usize>(
-        pair: &Pair<'_>,
-        ox0: usize,
-        out: (*mut f32, *mut f32),
-        fuse: [Fuse<'_>; 2],
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { pair_px::<N, 1>(pair, ox0, out, fuse) }
-    }
-
-    /// [`pair_px`] over every other input pixel (stride 2).
-    ///
-    /// # Safety
-    /// As [`pair_px`].
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pair_px2<const N: usize>(
-        pair: &Pair<'_>,
-        ox0: usize,
-        out: (*mut f32, *mut f32),
-        fuse: [Fuse<'_>; 2],
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { pair_px::<N, 2>(pair, ox0, out, fuse) }
     }
 
     /// `N` output pixels of both blocks, input pixels `S` apart (a compile-time step, so each
@@ -1285,7 +1240,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F is available; see [`pair_run`]'s assert (`ox0 + N <= len`, `S == pair.step`).
-    #[inline(always)]
+    #[target_feature(enable = "avx512f")]
     unsafe fn pair_px<const N: usize, const S: usize>(
         pair: &Pair<'_>,
         ox0: usize,
@@ -1353,48 +1308,9 @@ mod x86 {
         unsafe {
             let a = (oy, t.ky);
             match g.cg {
-                2 => edge_runs!(
-                    g.ow,
-                    t,
-                    grouped_px2,
-                    grouped_edge2,
-                    p,
-                    g,
-                    x,
-                    w,
-                    bias,
-                    a,
-                    dst,
-                    fuse
-                ),
-                4 => edge_runs!(
-                    g.ow,
-                    t,
-                    grouped_px4,
-                    grouped_edge4,
-                    p,
-                    g,
-                    x,
-                    w,
-                    bias,
-                    a,
-                    dst,
-                    fuse
-                ),
-                _ => edge_runs!(
-                    g.ow,
-                    t,
-                    grouped_px8,
-                    grouped_edge8,
-                    p,
-                    g,
-                    x,
-                    w,
-                    bias,
-                    a,
-                    dst,
-                    fuse
-                ),
+                2 => edge_runs!(g.ow, t, grouped_run::<2>, p, g, x, w, bias, a, dst, fuse),
+                4 => edge_runs!(g.ow, t, grouped_run::<4>, p, g, x, w, bias, a, dst, fuse),
+                _ => edge_runs!(g.ow, t, grouped_run::<8>, p, g, x, w, bias, a, dst, fuse),
             }
         }
     }
@@ -1487,41 +1403,6 @@ mod x86 {
         // SAFETY: (ox0 + pi) < ow and dst (and the residual) hold ow * 16 values.
         unsafe { store_run(&acc, dst.as_mut_ptr(), ox0, fuse) };
     }
-
-    /// One-parameter kernels (`N`) for [`by_run_len`](super::super::by_run_len): the dense
-    /// and grouped runs, interior and edge.
-    macro_rules! run_kernels {
-        ($($name:ident = $run:ident::<$($c:literal),*>),* $(,)?) => {$(
-            /// # Safety
-            /// As for the run it forwards to.
-            #[allow(clippy::too_many_arguments)]
-            #[inline(always)]
-            unsafe fn $name<const N: usize>(
-                p: &Conv2dParams,
-                g: &Geom,
-                x: &[f32],
-                w: &[f32],
-                bias: &[f32; B],
-                row: (usize, (usize, usize)),
-                dst: &mut [f32],
-                fuse: Fuse<'_>,
-                ox0: usize,
-            ) {
-                // SAFETY: forwarded from the caller.
-                unsafe { $run::<N, $($c),*>(p, g, x, w, bias, row, dst, fuse, ox0) }
-            }
-        )*};
-    }
-    run_kernels!(
-        dense_px = dense_run::<false>,
-        dense_edge = dense_run::<true>,
-        grouped_px2 = grouped_run::<2, false>,
-        grouped_edge2 = grouped_run::<2, true>,
-        grouped_px4 = grouped_run::<4, false>,
-        grouped_edge4 = grouped_run::<4, true>,
-        grouped_px8 = grouped_run::<8, false>,
-        grouped_edge8 = grouped_run::<8, true>,
-    );
 
     pub(super) fn nchw_row(
         p: &Conv2dParams,

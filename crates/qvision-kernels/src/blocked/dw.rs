@@ -150,14 +150,15 @@ mod x86 {
     ) -> usize {
         let p = r.p;
         let n = super::super::run_len(run);
-        if p.stride[1] == 1 && p.dilation[1] == 1 {
+        if p.stride[1] == 1 && p.dilation[1] == 1 && matches!(p.kernel[1], 3 | 5 | 7) {
             // SAFETY (every arm): `N` is at most `run` (see `run_len`), the kernel `KW` wide.
-            match p.kernel[1] {
-                3 => return unsafe { super::super::by_run_len!(n, px_s1_3(r, ky_rows, ox, dst)) },
-                5 => return unsafe { super::super::by_run_len!(n, px_s1_5(r, ky_rows, ox, dst)) },
-                7 => return unsafe { super::super::by_run_len!(n, px_s1_7(r, ky_rows, ox, dst)) },
-                _ => {}
-            }
+            return unsafe {
+                match p.kernel[1] {
+                    3 => super::super::by_run_len!(n, px_s1::<_, 3>(r, ky_rows, ox, dst)),
+                    5 => super::super::by_run_len!(n, px_s1::<_, 5>(r, ky_rows, ox, dst)),
+                    _ => super::super::by_run_len!(n, px_s1::<_, 7>(r, ky_rows, ox, dst)),
+                }
+            };
         }
         if p.stride[1] == 2 && p.dilation[1] == 1 && p.kernel[1] == 3 {
             // SAFETY (every arm): `N` is at most `run` (see `run_len`), 3 taps at stride 2.
@@ -227,7 +228,7 @@ mod x86 {
     ///
     /// # Safety
     /// As [`interior`], with `N <= run`, a kernel `KW` wide, stride and dilation 1 across.
-    #[inline(always)]
+    #[target_feature(enable = "avx512f")]
     unsafe fn px_s1<const N: usize, const KW: usize>(
         r: &DwRow<'_>,
         ky_rows: &[(usize, usize)],
@@ -303,26 +304,6 @@ mod x86 {
         unsafe { store(r, &acc, dst) };
         N
     }
-
-    macro_rules! px_s1_kw {
-        ($($name:ident = $kw:literal),*) => {$(
-            /// [`px_s1`] for one kernel width.
-            ///
-            /// # Safety
-            /// As [`px_s1`].
-            #[target_feature(enable = "avx512f")]
-            unsafe fn $name<const N: usize>(
-                r: &DwRow<'_>,
-                ky_rows: &[(usize, usize)],
-                ox: usize,
-                dst: &mut [f32],
-            ) -> usize {
-                // SAFETY: forwarded from the caller.
-                unsafe { px_s1::<N, $kw>(r, ky_rows, ox, dst) }
-            }
-        )*};
-    }
-    px_s1_kw!(px_s1_3 = 3, px_s1_5 = 5, px_s1_7 = 7);
 
     /// # Safety
     /// As [`interior`], with `N <= run`.

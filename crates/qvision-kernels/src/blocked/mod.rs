@@ -21,22 +21,23 @@ pub(crate) fn run_len(rest: usize) -> usize {
 }
 
 /// `$kernel::<N>(args)` for a run length `N` in 1..=12 given at run time (each length is its
-/// own register-blocked instantiation).
+/// own register-blocked instantiation); `$kernel::<_, C..>(args)` passes further const
+/// parameters after `N`.
 macro_rules! by_run_len {
-    ($n:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+    ($n:expr, $kernel:ident $(::<_ $(, $c:tt)*>)? ($($arg:expr),* $(,)?)) => {
         match $n {
-            12 => $kernel::<12>($($arg),*),
-            11 => $kernel::<11>($($arg),*),
-            10 => $kernel::<10>($($arg),*),
-            9 => $kernel::<9>($($arg),*),
-            8 => $kernel::<8>($($arg),*),
-            7 => $kernel::<7>($($arg),*),
-            6 => $kernel::<6>($($arg),*),
-            5 => $kernel::<5>($($arg),*),
-            4 => $kernel::<4>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            2 => $kernel::<2>($($arg),*),
-            _ => $kernel::<1>($($arg),*),
+            12 => $kernel::<12 $($(, $c)*)?>($($arg),*),
+            11 => $kernel::<11 $($(, $c)*)?>($($arg),*),
+            10 => $kernel::<10 $($(, $c)*)?>($($arg),*),
+            9 => $kernel::<9 $($(, $c)*)?>($($arg),*),
+            8 => $kernel::<8 $($(, $c)*)?>($($arg),*),
+            7 => $kernel::<7 $($(, $c)*)?>($($arg),*),
+            6 => $kernel::<6 $($(, $c)*)?>($($arg),*),
+            5 => $kernel::<5 $($(, $c)*)?>($($arg),*),
+            4 => $kernel::<4 $($(, $c)*)?>($($arg),*),
+            3 => $kernel::<3 $($(, $c)*)?>($($arg),*),
+            2 => $kernel::<2 $($(, $c)*)?>($($arg),*),
+            _ => $kernel::<1 $($(, $c)*)?>($($arg),*),
         }
     };
 }

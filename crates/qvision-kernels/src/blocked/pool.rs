@@ -91,7 +91,8 @@ struct Plane<'a> {
     count_include_pad: bool,
 }
 
-/// Pool one plane's output pixels `o0..` into `y` (`16` values each): max (NaN propagates, as in PyTorch) or average.
+/// Pool one plane's output pixels `o0..` into `y` (16 values each): max (NaN propagates, as in
+/// PyTorch) or average.
 #[inline(always)]
 fn plane_body<const MAX: bool>(a: &Plane<'_>, y: &mut [f32]) {
     let (p, xp, h, w) = (a.p, a.x, a.h, a.w);
