@@ -349,8 +349,8 @@ pub fn lut(x: &[u8], table: &[u8; 256]) -> Vec<u8> {
     out
 }
 
-/// `dst[i] = table[src[i]]`: on AVX-512 VBMI (from the VNNI level) 64 bytes per three
-/// byte permutes and a blend, else one lookup per byte.
+/// `dst[i] = table[src[i]]`: on AVX-512 VBMI (from the VNNI level) 64 bytes per two
+/// `vpermi2b` and a blend, else one lookup per byte.
 pub(crate) fn lut_into(isa: isa::Int8Isa, src: &[u8], table: &[u8; 256], dst: &mut [u8]) {
     assert_eq!(src.len(), dst.len(), "table lookup lengths");
     #[cfg(target_arch = "x86_64")]
