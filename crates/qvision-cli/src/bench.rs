@@ -148,6 +148,14 @@ fn kernels(s: &Session) -> String {
     );
     if int8 {
         k += &format!(", int8 {:?} nhwc", qvision_kernels::isa::current_int8());
+        // Say why a CPU with AMX tiles does not use them (no tile permission, a failed check).
+        let amx = qvision_kernels::isa::amx_state();
+        if !matches!(
+            amx,
+            qvision_kernels::isa::AmxState::Ready | qvision_kernels::isa::AmxState::NotInCpu
+        ) {
+            k += &format!(" (AMX: {amx:?})");
+        }
     }
     k
 }

@@ -95,7 +95,7 @@ pub fn supports_int8(level: Int8Isa) -> bool {
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512vnni")
             }
-            Int8Isa::Amx => supports_int8(Int8Isa::Avx512Vnni) && amx_ready(),
+            Int8Isa::Amx => amx_state() == AmxState::Ready,
         };
     }
     #[allow(unreachable_code)]
@@ -157,25 +157,60 @@ pub fn available_int8() -> Vec<Int8Isa> {
     .collect()
 }
 
+/// Why AMX-INT8 is or is not used on this machine (checked once per process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmxState {
+    /// CPUID leaf 7 does not report AMX-TILE and AMX-INT8, or the CPU lacks AVX-512 VNNI
+    /// (which runs everything AMX does not), or this is not x86_64.
+    NotInCpu,
+    /// The CPU has AMX, but the OS refused the tile data state
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM)` failed: Linux before 5.16, or another OS).
+    NoTilePermission,
+    /// The tile kernel disagreed with the scalar reference on the check conv.
+    Disagrees,
+    /// AMX is in use.
+    Ready,
+}
+
 /// Whether AMX-INT8 can be used: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the
 /// kernel grants this process the tile data state, and the tile kernel then agrees with the
 /// scalar one on a test conv (checked once; a mismatch is reported on stderr and AMX stays
 /// off).
+pub fn amx_state() -> AmxState {
+    static STATE: OnceLock<AmxState> = OnceLock::new();
+    *STATE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__cpuid, __cpuid_count};
+            let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
+            if !leaf7 || !supports_int8(Int8Isa::Avx512Vnni) {
+                return AmxState::NotInCpu;
+            }
+            if !amx_permitted() {
+                return AmxState::NoTilePermission;
+            }
+            if !crate::qnhwc::amx_hardware_agrees() {
+                eprintln!("qvision: the AMX int8 kernel disagrees with the scalar reference on this CPU; using AVX-512 VNNI");
+                return AmxState::Disagrees;
+            }
+            AmxState::Ready
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        AmxState::NotInCpu
+    })
+}
+
+/// Whether the CPU has AMX-TILE and AMX-INT8 and this process may use the tiles (asked once);
+/// unlike [`amx_state`] this does not run the kernel's agreement check, so tests can compare
+/// the tile instructions themselves with the emulator.
 #[cfg(target_arch = "x86_64")]
-fn amx_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
+pub(crate) fn amx_permitted() -> bool {
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    *PERMITTED.get_or_init(|| {
         use std::arch::x86_64::{__cpuid, __cpuid_count};
         // leaf 7 (read only where the CPU has it): EDX bit 24 AMX-TILE, bit 25 AMX-INT8
         let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
-        if !leaf7 || !request_tile_permission() {
-            return false;
-        }
-        let ok = crate::qnhwc::amx_hardware_agrees();
-        if !ok {
-            eprintln!("qvision: the AMX int8 kernel disagrees with the scalar reference on this CPU; using AVX-512 VNNI");
-        }
-        ok
+        leaf7 && request_tile_permission()
     })
 }
 
@@ -245,3 +280,37 @@ macro_rules! multiversion {
 }
 #[allow(unused_imports)]
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the tiles are usable the kernel must agree with the reference; and
+    /// `QVISION_REQUIRE_AMX=1` turns a quiet fall-back to AVX-512 VNNI into a failure that says
+    /// why: `scripts/amx-emulated` sets it inside its emulated Sapphire Rapids, so the every-ISA
+    /// tests there are known to have run the tile instructions themselves.
+    #[test]
+    fn amx_is_used_where_required() {
+        let state = amx_state();
+        assert_eq!(supports_int8(Int8Isa::Amx), state == AmxState::Ready);
+        assert_eq!(
+            available_int8().contains(&Int8Isa::Amx),
+            state == AmxState::Ready
+        );
+        // A CPU that has the tiles and grants them must run them right: a disagreement is a
+        // bug in the tile kernel (or the CPU), never a reason to pass quietly.
+        assert_ne!(
+            state,
+            AmxState::Disagrees,
+            "the AMX kernel disagrees with the reference"
+        );
+        if std::env::var_os("QVISION_REQUIRE_AMX").is_some() {
+            assert_eq!(
+                state,
+                AmxState::Ready,
+                "QVISION_REQUIRE_AMX is set but AMX is not used"
+            );
+            assert_eq!(best_int8(), Int8Isa::Amx);
+        }
+    }
+}

@@ -478,6 +478,83 @@ fn emulated_tdpbusd_is_a_matrix_product() {
     assert_eq!(c, want);
 }
 
+/// Every tile instruction the kernel issues, on a CPU with AMX: the hardware and the emulator
+/// leave the same bytes behind (loads and stores at strides other than 64, the 2x2 grid of
+/// `tdpbusd` the kernel runs, `tilezero`). Runs where the tiles are usable (the CPU has them
+/// and Linux granted them); `QVISION_REQUIRE_AMX=1` makes a CPU without them a failure.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn hardware_tiles_match_the_emulator() {
+    use amx::TileUnit;
+    if !isa::amx_permitted() {
+        assert!(
+            std::env::var_os("QVISION_REQUIRE_AMX").is_none(),
+            "QVISION_REQUIRE_AMX is set but this CPU/OS offers no AMX tiles"
+        );
+        return;
+    }
+    let bytes = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i * 2654435761 + seed * 40503) >> 7) as u8)
+            .collect()
+    };
+    // Inputs 16 rows apart by their stride: C (i32 accumulators) at 64, A at 96, B at 128.
+    let (c, a0, a1, b0, b1) = (
+        bytes(16 * 64, 1),
+        bytes(16 * 96, 2),
+        bytes(16 * 96, 3),
+        bytes(16 * 128, 4),
+        bytes(16 * 128, 5),
+    );
+    fn run<U: TileUnit>(u: &mut U, ins: [&[u8]; 5]) -> Vec<u8> {
+        let [c, a0, a1, b0, b1] = ins;
+        let mut out = vec![0xAAu8; 9 * 16 * 80];
+        let at = |i: usize| i * 16 * 80;
+        // SAFETY: configured first; every load reads 16 rows of 64 bytes within its input at
+        // its stride, every store writes 16 rows of 64 bytes inside `out` (stride 80).
+        unsafe {
+            u.configure();
+            u.load::<0>(c.as_ptr(), 64);
+            u.load::<1>(c.as_ptr(), 64);
+            u.zero::<2>();
+            u.load::<3>(c.as_ptr(), 64);
+            u.load::<4>(a0.as_ptr(), 96);
+            u.load::<5>(a1.as_ptr(), 96);
+            u.load::<6>(b0.as_ptr(), 128);
+            u.load::<7>(b1.as_ptr(), 128);
+            u.store::<4>(out.as_mut_ptr().add(at(0)), 80);
+            u.store::<7>(out.as_mut_ptr().add(at(1)), 80);
+            u.dpbusd::<0, 4, 6>();
+            u.dpbusd::<1, 5, 6>();
+            u.dpbusd::<2, 4, 7>();
+            u.dpbusd::<3, 5, 7>();
+            u.dpbusd::<0, 5, 7>();
+            for (i, p) in (2..6).map(|i| (i, out.as_mut_ptr().add(at(i)))) {
+                match i {
+                    2 => u.store::<0>(p, 80),
+                    3 => u.store::<1>(p, 80),
+                    4 => u.store::<2>(p, 80),
+                    _ => u.store::<3>(p, 80),
+                }
+            }
+            u.zero::<1>();
+            u.store::<1>(out.as_mut_ptr().add(at(6)), 80);
+            u.release();
+        }
+        out
+    }
+    let ins = [&c[..], &a0, &a1, &b0, &b1];
+    let want = run(&mut amx::Emulator::new(), ins);
+    let got = run(&mut amx::Hardware, ins);
+    if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {
+        let (block, row, col) = (i / (16 * 80), i % (16 * 80) / 80, i % 80);
+        panic!(
+            "tile bytes differ first in store {block}, row {row}, byte {col}: hardware {} vs emulator {}",
+            got[i], want[i]
+        );
+    }
+}
+
 #[test]
 fn bad_operands_are_errors() {
     let p = Conv2dParams {
