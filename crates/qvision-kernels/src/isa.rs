@@ -172,18 +172,16 @@ pub enum AmxState {
     Ready,
 }
 
-/// Whether AMX-INT8 can be used: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the
-/// kernel grants this process the tile data state, and the tile kernel then agrees with the
-/// scalar one on a test conv (checked once; a mismatch is reported on stderr and AMX stays
-/// off).
+/// Whether AMX-INT8 is used, and if not why: it is where the CPU reports AMX-TILE and
+/// AMX-INT8 (CPUID leaf 7) beside AVX-512 VNNI, the kernel grants this process the tile data
+/// state, and the tile kernel then agrees with the scalar one on a test conv (checked once; a
+/// mismatch is reported on stderr and AMX stays off).
 pub fn amx_state() -> AmxState {
     static STATE: OnceLock<AmxState> = OnceLock::new();
     *STATE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::x86_64::{__cpuid, __cpuid_count};
-            let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
-            if !leaf7 || !supports_int8(Int8Isa::Avx512Vnni) {
+            if !amx_in_cpu() || !supports_int8(Int8Isa::Avx512Vnni) {
                 return AmxState::NotInCpu;
             }
             if !amx_permitted() {
@@ -206,12 +204,14 @@ pub fn amx_state() -> AmxState {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn amx_permitted() -> bool {
     static PERMITTED: OnceLock<bool> = OnceLock::new();
-    *PERMITTED.get_or_init(|| {
-        use std::arch::x86_64::{__cpuid, __cpuid_count};
-        // leaf 7 (read only where the CPU has it): EDX bit 24 AMX-TILE, bit 25 AMX-INT8
-        let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
-        leaf7 && request_tile_permission()
-    })
+    *PERMITTED.get_or_init(|| amx_in_cpu() && request_tile_permission())
+}
+
+/// CPUID leaf 7 (read only where the CPU has it): EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+#[cfg(target_arch = "x86_64")]
+fn amx_in_cpu() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3
 }
 
 /// Ask Linux for the AMX tile data state (XFEATURE 18), which a process must request once
